@@ -1,0 +1,147 @@
+"""The ``covidseg`` command line.
+
+Exit codes a script can rely on: 0 success, 2 bad command line, 3 bad input file (the message names it),
+4 output refused (it would overwrite an input or a reference, or has an unknown format), 1 anything else.
+Heavy modules (torch) are imported inside the subcommands that need them, so ``covidseg --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .errors import CovidSegError, InputError, OutputError
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INPUT, EXIT_OUTPUT = 0, 1, 2, 3, 4
+
+
+def _window(text: str) -> tuple[float, float]:
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"window must be LOW,HIGH in HU, got {text!r}") from None
+    if not low < high:
+        raise argparse.ArgumentTypeError(f"window LOW must be below HIGH, got {text!r}")
+    return low, high
+
+
+def add_intensity_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--intensity", choices=("hu", "windowed"), default="hu",
+        help="input intensities: 'hu' (default, checked) or 'windowed' for 8-bit exports of a HU window",
+    )
+    parser.add_argument(
+        "--window", type=_window, default=(-1250.0, 250.0), metavar="LOW,HIGH",
+        help="with --intensity windowed: the HU window that 0..255 spans (default -1250,250)",
+    )
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .intensity import intensity_stats, prepare_ct
+    from .orientation import plan_reorientation
+    from .reading import read_volume
+
+    volume = prepare_ct(read_volume(args.ct, args.series), args.intensity, args.window)
+    geometry = volume.geometry
+    plan = plan_reorientation(geometry)
+    stats = intensity_stats(volume.array)
+    print(f"file:        {volume.source}")
+    for note in volume.notes:
+        print(f"read:        {note}")
+    print(f"size:        {' x '.join(map(str, geometry.size))} voxels ({volume.array.dtype})")
+    print(f"spacing:     {', '.join(f'{s:g}' for s in geometry.spacing)} mm")
+    print(f"origin:      {', '.join(f'{s:g}' for s in geometry.origin)} mm (LPS)")
+    print(f"orientation: {'canonical (LPS axial)' if plan.is_identity else f'axes {plan.source_axis}, flips {plan.flip} to canonical'}")
+    print(f"intensity:   {stats.minimum:g} .. {stats.maximum:g} HU, {100 * stats.air_fraction:.1f}% air/lung-like voxels")
+    print("status:      ok, a 3D CT in HU")
+    return EXIT_OK
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .evaluation import evaluate_case, pair_folders, parse_mapping, parse_tolerances
+    from .evaluation_output import format_table, write_results
+
+    prediction, reference = Path(args.prediction), Path(args.reference)
+    try:
+        prediction_mapping = parse_mapping(args.pred_map) if args.pred_map else None
+        reference_mapping = parse_mapping(args.ref_map) if args.ref_map else None
+        tolerances = parse_tolerances(args.nsd_tolerance or "")
+    except ValueError as error:
+        print(f"covidseg evaluate: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    notes: list[str] = []
+    if prediction.is_dir() != reference.is_dir():
+        raise InputError(reference, "PREDICTION and REFERENCE must both be files or both be folders")
+    if prediction.is_dir():
+        pairs, notes = pair_folders(prediction, reference)
+    else:
+        pairs = [(None, prediction, reference)]
+    results = []
+    for case, pred_path, ref_path in tqdm(pairs, desc="evaluate", unit="case", disable=len(pairs) < 2):
+        results.append(evaluate_case(pred_path, ref_path, prediction_mapping, reference_mapping, tolerances, case))
+    print(format_table(results))
+    for note in notes + [n for r in results for n in r.notes]:
+        print(f"note: {note}")
+    csv_path, json_path = write_results(results, Path(args.out_dir), notes, protected=[prediction, reference])
+    print(f"wrote {csv_path} and {json_path}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="covidseg", description="Segment lungs and COVID-19 infection in chest CT, measure and compare."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    info = commands.add_parser("info", help="read a CT, check it is a 3D CT in HU, print its geometry")
+    info.add_argument("ct", help="CT file (.nii/.nii.gz/.nrrd/.mha/.dcm) or DICOM series folder")
+    info.add_argument("--series", help="DICOM SeriesInstanceUID to read (default: the series with most files)")
+    add_intensity_options(info)
+    info.set_defaults(handler=cmd_info)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="compare segmentations with references (files, or folders paired by file name)",
+        description="Per structure (left lung, right lung, both lungs, infection): Dice, Jaccard, NSD, HD95, "
+        "sensitivity, specificity, relative volume difference, Rand error, volumes. Both masks empty gives n/a.",
+    )
+    evaluate.add_argument("prediction", help="predicted label file, or folder of them")
+    evaluate.add_argument("reference", help="reference label file, or folder of them (paired by name)")
+    evaluate.add_argument(
+        "--ref-map", metavar="SPEC",
+        help="what the reference's labels mean, e.g. '5=right_lung,6=left_lung', 'right lung=right_lung' "
+        "(segment names), '10+11=left_lung,12+13+14=right_lung', or a preset: covidseg, covid19-ct-seg-lungs, "
+        "covid19-ct-seg-infection, slicer-ctchest, totalseg-lobes. Default: segment names for .seg.nrrd, "
+        "CovidSeg values (1 left lung, 2 right lung, 3 infection) otherwise",
+    )
+    evaluate.add_argument("--pred-map", metavar="SPEC", help="the same for the prediction")
+    evaluate.add_argument(
+        "--nsd-tolerance", metavar="SPEC", help="NSD tolerances in mm, default 'lungs=1,infection=3'"
+    )
+    evaluate.add_argument(
+        "-o", "--out-dir", default="covidseg-evaluation", help="folder for metrics.csv and metrics.json"
+    )
+    evaluate.set_defaults(handler=cmd_evaluate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except InputError as error:
+        print(f"covidseg: error: {error}", file=sys.stderr)
+        return EXIT_INPUT
+    except OutputError as error:
+        print(f"covidseg: error: {error}", file=sys.stderr)
+        return EXIT_OUTPUT
+    except CovidSegError as error:
+        print(f"covidseg: error: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

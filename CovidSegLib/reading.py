@@ -1,0 +1,187 @@
+"""Read CT volumes and label maps from NIfTI, NRRD, MHA/MHD, Slicer ``.seg.nrrd`` and DICOM series folders.
+
+SimpleITK does the reading for every format so that all inputs arrive with the same geometry convention (LPS);
+slicerio only contributes the segment metadata of ``.seg.nrrd`` files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import InputError
+from .volume import Geometry, Volume
+
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
+
+
+def has_volume_suffix(path: Path) -> bool:
+    name = path.name.lower()
+    return any(name.endswith(suffix) for suffix in VOLUME_SUFFIXES)
+
+
+def is_segmentation_file(path: Path) -> bool:
+    return path.name.lower().endswith(".seg.nrrd")
+
+
+def geometry_of(image: sitk.Image) -> Geometry:
+    return Geometry(
+        size=tuple(int(v) for v in image.GetSize()),
+        spacing=tuple(float(v) for v in image.GetSpacing()),
+        origin=tuple(float(v) for v in image.GetOrigin()),
+        direction=tuple(float(v) for v in image.GetDirection()),
+    )
+
+
+def image_from_array(array: np.ndarray, geometry: Geometry) -> sitk.Image:
+    """A SimpleITK image of ``array`` ([k, j, i]) on ``geometry``, ready to write."""
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(geometry.spacing)
+    image.SetOrigin(geometry.origin)
+    image.SetDirection(geometry.direction)
+    return image
+
+
+@dataclass(frozen=True)
+class DicomSeriesChoice:
+    series_uid: str
+    file_names: tuple[str, ...]
+    other_series: tuple[tuple[str, int], ...]  # (uid, number of files) of the series not chosen
+
+    def describe(self) -> str:
+        text = f"DICOM series {self.series_uid} ({len(self.file_names)} files)"
+        if self.other_series:
+            others = ", ".join(f"{uid} ({count} files)" for uid, count in self.other_series)
+            text += f"; the largest of {len(self.other_series) + 1} series, also present: {others}"
+        return text
+
+
+def choose_dicom_series(folder: Path, series_uid: str | None = None) -> DicomSeriesChoice:
+    """Pick the series with the most files in ``folder`` (or the one asked for) and say which it is."""
+    reader = sitk.ImageSeriesReader()
+    uids = list(reader.GetGDCMSeriesIDs(str(folder)))
+    if not uids:
+        raise InputError(folder, "folder holds no DICOM series (and no single volume file was given)")
+    files = {uid: tuple(reader.GetGDCMSeriesFileNames(str(folder), uid)) for uid in uids}
+    if series_uid is not None:
+        if series_uid not in files:
+            raise InputError(folder, f"no DICOM series {series_uid}; present: {', '.join(uids)}")
+        chosen = series_uid
+    else:
+        chosen = max(uids, key=lambda uid: (len(files[uid]), uid))
+    others = tuple((uid, len(files[uid])) for uid in uids if uid != chosen)
+    return DicomSeriesChoice(chosen, files[chosen], others)
+
+
+def read_image(path: str | Path, series_uid: str | None = None) -> tuple[sitk.Image, tuple[str, ...]]:
+    """Read any supported file or DICOM folder as a SimpleITK image, with notes on what was read."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "no such file or folder")
+    notes: tuple[str, ...] = ()
+    try:
+        if path.is_dir():
+            choice = choose_dicom_series(path, series_uid)
+            reader = sitk.ImageSeriesReader()
+            reader.SetFileNames(list(choice.file_names))
+            image = reader.Execute()
+            notes = (choice.describe(),)
+        else:
+            image = sitk.ReadImage(str(path))
+    except RuntimeError as error:
+        first_line = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown reader error"
+        raise InputError(path, f"cannot be read as a medical image ({first_line})") from None
+    if image.GetDimension() == 2:
+        size = image.GetSize()
+        raise InputError(path, f"2D image ({size[0]}x{size[1]}): CovidSeg needs a 3D CT volume")
+    if image.GetDimension() != 3:
+        raise InputError(path, f"{image.GetDimension()}D image: CovidSeg needs a 3D volume")
+    return image, notes
+
+
+def read_volume(path: str | Path, series_uid: str | None = None) -> Volume:
+    """Read a scalar 3D volume (a CT) without judging its contents; see :func:`CovidSegLib.intensity.prepare_ct`."""
+    image, notes = read_image(path, series_uid)
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(
+            path, f"{image.GetNumberOfComponentsPerPixel()} components per voxel: not a scalar CT volume"
+        )
+    return Volume(sitk.GetArrayFromImage(image), geometry_of(image), str(path), notes)
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One segment of a label file: where its voxels are (layer, value) and what it is called."""
+
+    name: str
+    layer: int
+    value: int
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    """A label file: one or more layers of label values on one grid, and its named segments.
+
+    Plain label maps (NIfTI, NRRD, MHA) have one layer and one unnamed segment per non-zero value; Slicer
+    ``.seg.nrrd`` files may have several layers (overlapping segments) and carry segment names.
+    """
+
+    layers: np.ndarray  # (layers, k, j, i), integer
+    geometry: Geometry
+    segments: tuple[Segment, ...]
+    source: str
+
+    def mask(self, segment: Segment) -> np.ndarray:
+        return self.layers[segment.layer] == segment.value
+
+    def find(self, selector: str) -> list[Segment]:
+        """Segments selected by a label value (``"5"``) or a segment name (``"right lung"``, case-insensitive)."""
+        text = selector.strip()
+        if text.isdigit():
+            found = [s for s in self.segments if s.value == int(text)]
+            if not found and not is_segmentation_file(Path(self.source)):
+                # A plain label map simply lacks a structure this case does not show (a lobe outside the crop).
+                found = [Segment(f"label {text}", 0, int(text))]
+        else:
+            found = [s for s in self.segments if s.name.lower() == text.lower()]
+        if not found:
+            known = "; ".join(f"{s.value}={s.name}" for s in self.segments) or "none"
+            raise InputError(self.source, f"no segment {selector!r}; segments in this file: {known}")
+        return found
+
+
+def _label_layers(image: sitk.Image, path: Path) -> np.ndarray:
+    array = sitk.GetArrayFromImage(image)
+    if image.GetNumberOfComponentsPerPixel() == 1:
+        array = array[np.newaxis]
+    else:  # layered .seg.nrrd: components are layers, last axis in SimpleITK's array
+        array = np.moveaxis(array, -1, 0)
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all() or not np.array_equal(array, np.round(array)):
+            raise InputError(path, "label map holds non-integer values: not a label map (is it an image?)")
+        array = array.astype(np.int32)
+    if array.min() < 0:
+        raise InputError(path, f"label map holds negative values (min {array.min()}): not a label map")
+    return array
+
+
+def read_segmentation(path: str | Path) -> Segmentation:
+    """Read a label map or Slicer segmentation with its segments (names from ``.seg.nrrd`` metadata)."""
+    path = Path(path)
+    image, _ = read_image(path)
+    layers = _label_layers(image, path)
+    if is_segmentation_file(path):
+        import slicerio
+
+        info = slicerio.read_segmentation(str(path), skip_voxels=True)
+        segments = tuple(
+            Segment(str(s.get("name", s.get("id"))), int(s.get("layer", 0)), int(s["labelValue"]))
+            for s in info["segments"]
+        )
+    else:
+        values = np.unique(layers[0])
+        segments = tuple(Segment(f"label {v}", 0, int(v)) for v in values if v != 0)
+    return Segmentation(layers, geometry_of(image), segments, str(path))

@@ -1,0 +1,67 @@
+"""Package hygiene: Slicer-free library, cheap import, the console script and the label scheme."""
+
+from __future__ import annotations
+
+import ast
+import pkgutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import CovidSegLib
+from CovidSegLib.labels import LABELS, OUTPUT_LABELS, label_by_name, slicer_terminology_string
+
+from conftest import PROJECT_ROOT, run_cli
+
+LIBRARY = PROJECT_ROOT / "CovidSegLib"
+FORBIDDEN = {"slicer", "qt", "vtk", "ctk", "slicer_core", "MRMLCorePython"}
+
+
+def _imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_library_imports_no_slicer_qt_or_vtk() -> None:
+    files = sorted(LIBRARY.rglob("*.py"))
+    assert len(files) > 10
+    for path in files:
+        assert not (_imported_modules(path) & FORBIDDEN), f"{path.name} imports {_imported_modules(path) & FORBIDDEN}"
+
+
+def test_importing_every_module_does_not_import_torch() -> None:
+    modules = [f"CovidSegLib.{m.name}" for m in pkgutil.iter_modules(CovidSegLib.__path__) if m.name != "__main__"]
+    code = (
+        "import sys, importlib\n"
+        f"for name in {modules!r}: importlib.import_module(name)\n"
+        "heavy = [m for m in ('torch', 'torchvision', 'segmentation_models_pytorch', 'slicer', 'vtk') if m in sys.modules]\n"
+        "print(','.join(heavy))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "", f"imported at package import: {result.stdout.strip()}"
+
+
+def test_console_script_help_and_usage_errors() -> None:
+    assert run_cli("--help").returncode == 0
+    evaluate_help = run_cli("evaluate", "--help")
+    assert evaluate_help.returncode == 0 and "--ref-map" in evaluate_help.stdout
+    assert run_cli("no-such-command").returncode == 2
+
+
+def test_label_scheme_is_consistent() -> None:
+    assert [label.value for label in OUTPUT_LABELS] == [1, 2, 3]
+    assert len({label.value for label in LABELS}) == len({label.key for label in LABELS}) == len(LABELS)
+    assert label_by_name("Left lung").value == 1 and label_by_name("right-lung").value == 2
+    assert label_by_name("3").key == "infection"
+    with pytest.raises(ValueError, match="unknown label 'spleen'"):
+        label_by_name("spleen")
+    assert slicer_terminology_string(OUTPUT_LABELS[0]).split("~")[1:4] == [
+        "SCT^123037004^Anatomical Structure", "SCT^39607008^Lung", "SCT^7771000^Left"]
