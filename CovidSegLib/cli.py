@@ -1,7 +1,9 @@
 """The ``covidseg`` command line.
 
-Exit codes a script can rely on: 0 success, 2 bad command line, 3 bad input file (the message names it),
-4 output refused (it would overwrite an input or a reference, or has an unknown format), 1 anything else.
+Exit codes a script can rely on: 0 success, 2 bad command line, 3 bad input file (the message names it; in
+batch mode: at least one case failed, the others were written), 4 output refused (it would overwrite an input
+or a reference, or has an unknown format), 5 model missing, corrupt or not matching its card, 6 cancelled,
+1 anything else.
 Heavy modules (torch) are imported inside the subcommands that need them, so ``covidseg --help`` is instant.
 """
 
@@ -12,9 +14,9 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .errors import CovidSegError, InputError, OutputError
+from .errors import Cancelled, CovidSegError, InputError, ModelError, OutputError
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INPUT, EXIT_OUTPUT = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INPUT, EXIT_OUTPUT, EXIT_MODEL, EXIT_CANCELLED = 0, 1, 2, 3, 4, 5, 6
 
 
 def _window(text: str) -> tuple[float, float]:
@@ -91,6 +93,49 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_segment(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .model import load_model
+    from .pipeline import SegmentOptions, find_cases, is_dicom_folder, output_path_for, segment_file
+
+    source, out = Path(args.ct), Path(args.output)
+    if not source.exists():
+        raise InputError(source, "no such file or folder")
+    batch = source.is_dir() and not is_dicom_folder(source)
+    cases = find_cases(source) if batch else [source]
+    if batch and not cases:
+        raise InputError(source, "folder holds no CT files (.nii, .nii.gz, .nrrd, .mha, .mhd, .dcm) or DICOM series")
+    model = load_model(args.model)
+    options = SegmentOptions(args.device, args.batch_size, args.intensity, args.window, args.format)
+    failures = {EXIT_INPUT: 0, EXIT_OUTPUT: 0}
+    for ct in cases:
+        output = output_path_for(ct, out, args.format, batch)
+        with tqdm(total=100, desc=ct.name, unit="%", bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}",
+                  disable=args.quiet) as bar:
+            def progress(fraction: float) -> bool:
+                bar.update(round(100 * fraction) - bar.n)
+                return False
+
+            try:
+                result = segment_file(ct, output, model, options, progress)
+            except (InputError, OutputError) as error:
+                if not batch:
+                    raise
+                failures[EXIT_OUTPUT if isinstance(error, OutputError) else EXIT_INPUT] += 1
+                print(f"covidseg: error: {error}", file=sys.stderr)
+                continue
+        seconds = result.seconds["total"]
+        print(f"{ct} -> {output} ({result.slices_inferred}/{result.slices_total} slices on {result.device}, "
+              f"{seconds:.1f} s)")
+        for note in result.notes:
+            print(f"note: {note}")
+    if batch:
+        done = len(cases) - sum(failures.values())
+        print(f"segmented {done} of {len(cases)} cases into {out}")
+    return EXIT_OUTPUT if failures[EXIT_OUTPUT] else EXIT_INPUT if failures[EXIT_INPUT] else EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="covidseg", description="Segment lungs and COVID-19 infection in chest CT, measure and compare."
@@ -102,6 +147,23 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--series", help="DICOM SeriesInstanceUID to read (default: the series with most files)")
     add_intensity_options(info)
     info.set_defaults(handler=cmd_info)
+
+    segment = commands.add_parser(
+        "segment", help="segment lungs (left, right) and infection in a CT, a DICOM folder, or a folder of CTs",
+        description="Writes a label map on the input's exact grid: 1 left lung, 2 right lung, 3 infection.",
+    )
+    segment.add_argument("ct", help="CT file, DICOM series folder, or a folder of CT files / DICOM subfolders")
+    segment.add_argument("-o", "--output", required=True,
+                         help="output file (.seg.nrrd, .nii.gz, .nii, .nrrd, .mha), or a folder (batch)")
+    segment.add_argument("--format", default=".seg.nrrd", choices=(".seg.nrrd", ".nii.gz", ".nrrd"),
+                         help="output format when --output is a folder (default .seg.nrrd, named segments)")
+    segment.add_argument("--model", help="model card (.json) or weights (.safetensors); default: the bundled model")
+    segment.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
+    segment.add_argument("--batch-size", type=int, help="slices per network call (default 8 on CPU, 32 on CUDA; "
+                         "halved automatically when GPU memory runs out)")
+    segment.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_intensity_options(segment)
+    segment.set_defaults(handler=cmd_segment)
 
     evaluate = commands.add_parser(
         "evaluate", help="compare segmentations with references (files, or folders paired by file name)",
@@ -140,7 +202,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OUTPUT
     except CovidSegError as error:
         print(f"covidseg: error: {error}", file=sys.stderr)
-        return EXIT_FAILURE
+        if isinstance(error, ModelError):
+            return EXIT_MODEL
+        return EXIT_CANCELLED if isinstance(error, Cancelled) else EXIT_FAILURE
+    except KeyboardInterrupt:
+        print("covidseg: interrupted", file=sys.stderr)
+        return EXIT_CANCELLED
 
 
 if __name__ == "__main__":

@@ -25,3 +25,11 @@ class InputError(CovidSegError):
 
 class OutputError(CovidSegError):
     """An output path is unusable (it would overwrite an input or a reference, or has an unknown format)."""
+
+
+class ModelError(CovidSegError):
+    """A model card or weights file is missing, corrupt, or does not match."""
+
+
+class Cancelled(CovidSegError):
+    """The user cancelled a running segmentation."""

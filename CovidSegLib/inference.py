@@ -1,0 +1,188 @@
+"""Slice-wise batched U-Net inference over a CT volume, on GPU or CPU.
+
+Work is kept small rather than made fast: slices without enclosed air are skipped, every slice is cropped to
+the body before resizing, the next batch is prepared on a worker thread while the network runs, and the
+outputs are held as two boolean volumes (no float copies of the CT). Preprocessing is read from the model card,
+the same code training uses (:mod:`CovidSegLib.preprocessing`).
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+
+from .errors import Cancelled, CovidSegError
+from .model import LoadedModel
+from .orientation import from_canonical, to_canonical
+from .postprocess import postprocess
+from .preprocessing import body_box, candidate_slices, window_to_unit
+from .volume import Volume
+
+#: Called with the fraction done (0..1); returning True cancels the run.
+ProgressCallback = Callable[[float], Optional[bool]]
+
+DEFAULT_BATCH = {"cuda": 32, "mps": 8, "cpu": 8}
+AIR_HU = -1024
+
+
+@dataclass
+class SegmentationResult:
+    labels: np.ndarray  # on the input grid, [k, j, i], values of labels.OUTPUT_LABELS
+    device: str
+    batch_size: int
+    slices_total: int
+    slices_inferred: int
+    seconds: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def select_device(requested: str = "auto") -> "torch.device":  # noqa: F821
+    """``auto``: CUDA, then Apple MPS, then CPU. An explicit device that is absent is an error, not a fallback."""
+    import torch
+
+    requested = requested.lower()
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if requested in ("gpu", "cuda") or requested.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise CovidSegError("device cuda requested, but no CUDA GPU is available (use --device cpu or auto)")
+        return torch.device("cuda" if requested == "gpu" else requested)
+    if requested == "mps":
+        if not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+            raise CovidSegError("device mps requested, but Apple MPS is not available")
+        return torch.device("mps")
+    if requested == "cpu":
+        return torch.device("cpu")
+    raise CovidSegError(f"unknown device {requested!r}; use auto, cpu, cuda (gpu) or mps")
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    import torch
+
+    return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error).lower()
+
+
+class SliceSegmenter:
+    """Runs one model on batches of canonical slices; halves the batch and retries on out-of-memory."""
+
+    def __init__(self, model: LoadedModel, device: "torch.device", batch_size: int | None = None) -> None:  # noqa: F821
+        import torch
+
+        self.torch = torch
+        self.card = model.card
+        self.device = device
+        self.batch_size = batch_size or DEFAULT_BATCH.get(device.type, 8)
+        self.network = model.network.to(device).eval()
+        if device.type == "cpu":
+            self.network = self.network.to(memory_format=torch.channels_last)  # ~25% faster convolutions on CPU
+        self.lungs_channel = self.card.output_index("lungs")
+        self.infection_channel = self.card.output_index("infection")
+
+    def prepare(self, slices_hu: np.ndarray, box) -> "torch.Tensor":  # noqa: F821
+        """Crop, window and resize a stack of HU slices to the network input, on the CPU."""
+        torch = self.torch
+        crop = box.crop(slices_hu, fill=AIR_HU)
+        unit = torch.from_numpy(window_to_unit(crop, self.card.preprocessing.window))[:, None]
+        size = self.card.input_size
+        return torch.nn.functional.interpolate(unit, size=(size, size), mode="bilinear", antialias=True,
+                                               align_corners=False)
+
+    def predict(self, batch: "torch.Tensor", side: int) -> tuple[np.ndarray, np.ndarray]:  # noqa: F821
+        """Lung and infection masks at crop resolution for one prepared batch."""
+        torch = self.torch
+        batch = batch.to(self.device, non_blocking=True)
+        if self.device.type == "cpu":
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.float16,
+                                                    enabled=self.device.type == "cuda"):
+            logits = self.network(batch)
+            channels = logits[:, [self.lungs_channel, self.infection_channel]].float()
+            channels = torch.nn.functional.interpolate(channels, size=(side, side), mode="bilinear",
+                                                       align_corners=False)
+            masks = (channels > _logit(self.card.threshold)).cpu().numpy()
+        return masks[:, 0], masks[:, 1]
+
+    def predict_with_retry(self, batch: "torch.Tensor", side: int) -> tuple[np.ndarray, np.ndarray]:  # noqa: F821
+        """Predict, splitting the batch in halves (and remembering the smaller size) when memory runs out."""
+        if len(batch) > self.batch_size:  # prepared before an earlier batch showed that this size does not fit
+            parts = [self.predict_with_retry(part, side) for part in self.torch.split(batch, self.batch_size)]
+            return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        try:
+            return self.predict(batch, side)
+        except (RuntimeError, MemoryError) as error:
+            if not is_out_of_memory(error) or len(batch) == 1:
+                raise
+            if self.device.type == "cuda":
+                self.torch.cuda.empty_cache()
+            self.batch_size = max(1, len(batch) // 2)
+            return self.predict_with_retry(batch, side)
+
+
+def _logit(probability: float) -> float:
+    return float(np.log(probability / (1.0 - probability)))
+
+
+def segment_volume(
+    volume: Volume,
+    model: LoadedModel,
+    device: str = "auto",
+    batch_size: int | None = None,
+    progress: ProgressCallback | None = None,
+) -> SegmentationResult:
+    """Segment a validated CT in HU (see :func:`CovidSegLib.intensity.prepare_ct`); labels on its exact grid."""
+    started = time.perf_counter()
+    canonical, plan = to_canonical(volume)
+    hu = canonical.array
+    spacing = canonical.geometry.spacing
+    box = body_box(hu)
+    slices = candidate_slices(hu, spacing[0] * spacing[1])
+    segmenter = SliceSegmenter(model, select_device(device), batch_size)
+    lungs = np.zeros(hu.shape, dtype=bool)
+    infection = np.zeros(hu.shape, dtype=bool)
+    analysed = time.perf_counter()
+
+    def report(fraction: float) -> None:
+        if progress is not None and progress(fraction):
+            raise Cancelled(f"{volume.source}: segmentation cancelled")
+
+    report(0.0)
+    with ThreadPoolExecutor(max_workers=1) as worker:
+        position = 0
+        size = segmenter.batch_size
+        pending = worker.submit(segmenter.prepare, hu[slices[:size]], box) if len(slices) else None
+        while pending is not None:
+            indices = slices[position:position + size]
+            batch = pending.result()
+            position += size
+            size = segmenter.batch_size
+            following = slices[position:position + size]
+            pending = worker.submit(segmenter.prepare, hu[following], box) if len(following) else None
+            lung_crops, infection_crops = segmenter.predict_with_retry(batch, box.side)
+            lung_block, infection_block = lungs[indices], infection[indices]
+            box.paste(lung_crops, lung_block)
+            box.paste(infection_crops, infection_block)
+            lungs[indices], infection[indices] = lung_block, infection_block
+            report(0.9 * min(position, len(slices)) / max(len(slices), 1))
+    inferred = time.perf_counter()
+    labels = from_canonical(postprocess(lungs, infection, canonical.geometry, hu), plan)
+    report(1.0)
+    finished = time.perf_counter()
+    notes = [] if labels.any() else ["no lung found"]
+    return SegmentationResult(
+        labels=labels,
+        device=str(segmenter.device),
+        batch_size=segmenter.batch_size,
+        slices_total=hu.shape[0],
+        slices_inferred=len(slices),
+        seconds={"analysis": analysed - started, "inference": inferred - analysed,
+                 "postprocess": finished - inferred, "total": finished - started},
+        notes=notes,
+    )

@@ -1,0 +1,184 @@
+"""Model format: a U-Net's weights as ``.safetensors`` plus a JSON model card that says how to use them.
+
+The card is the single source of truth for inference and training alike: architecture, input size,
+intensity preprocessing, output channels and what they mean, training data, measured scores, licence, and the
+sha256 of the weights. Weights are only ever loaded from safetensors (no pickle), and a card that does not
+match its weights is refused with a message that says what differs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import ModelError
+
+if TYPE_CHECKING:  # torch is imported only when a network is built
+    import torch
+
+CARD_FORMAT = "covidseg-model-card/1"
+#: Where the bundled default model lives, relative to the project (and the installed extension).
+BUNDLED_CARD = Path(__file__).resolve().parent.parent / "Resources" / "model" / "covidseg-unet.json"
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Intensity and geometry preprocessing the network was trained with."""
+
+    window: tuple[float, float] = (-1250.0, 250.0)  # HU mapped linearly onto 0..1, clipped
+    crop: str = "body"  # "body": square crop around the body before resizing; "none": the whole slice
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    name: str
+    architecture: str  # "Unet" from segmentation-models-pytorch
+    encoder: str
+    encoder_depth: int
+    decoder_channels: tuple[int, ...]
+    in_channels: int  # 1: one axial slice
+    input_size: int  # square side in pixels
+    outputs: tuple[str, ...]  # sigmoid channels, in order, e.g. ("lungs", "infection")
+    preprocessing: Preprocessing
+    weights_file: str
+    weights_sha256: str
+    threshold: float = 0.5
+    training_data: str = ""
+    scores: dict[str, Any] = field(default_factory=dict)
+    licence: str = ""
+    description: str = ""
+    format: str = CARD_FORMAT
+
+    def to_json(self) -> str:
+        document = asdict(self)
+        document["preprocessing"] = asdict(self.preprocessing)
+        return json.dumps(document, indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, source: str) -> "ModelCard":
+        try:
+            document = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ModelError(f"{source}: not a model card (invalid JSON: {error})") from None
+        if not isinstance(document, dict) or document.get("format") != CARD_FORMAT:
+            raise ModelError(f"{source}: not a CovidSeg model card (expected format {CARD_FORMAT!r})")
+        try:
+            document["preprocessing"] = Preprocessing(**{
+                k: tuple(v) if isinstance(v, list) else v for k, v in document.get("preprocessing", {}).items()
+            })
+            document["decoder_channels"] = tuple(document["decoder_channels"])
+            document["outputs"] = tuple(document["outputs"])
+            return cls(**document)
+        except (TypeError, KeyError) as error:
+            raise ModelError(f"{source}: model card fields are wrong ({error})") from None
+
+    def output_index(self, name: str) -> int:
+        if name not in self.outputs:
+            raise ModelError(f"model {self.name} has no {name!r} output (outputs: {', '.join(self.outputs)})")
+        return self.outputs.index(name)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def build_network(card: ModelCard) -> "torch.nn.Module":
+    """The untrained network the card describes; nothing is downloaded (``encoder_weights=None``)."""
+    import segmentation_models_pytorch as smp
+
+    if card.architecture != "Unet":
+        raise ModelError(f"model {card.name}: unsupported architecture {card.architecture!r} (supported: Unet)")
+    return smp.Unet(
+        encoder_name=card.encoder,
+        encoder_depth=card.encoder_depth,
+        encoder_weights=None,
+        decoder_channels=list(card.decoder_channels),
+        in_channels=card.in_channels,
+        classes=len(card.outputs),
+    )
+
+
+def read_card(card_path: str | Path) -> ModelCard:
+    card_path = Path(card_path)
+    if not card_path.is_file():
+        raise ModelError(f"{card_path}: model card not found")
+    return ModelCard.from_json(card_path.read_text(encoding="utf-8"), str(card_path))
+
+
+@dataclass
+class LoadedModel:
+    card: ModelCard
+    network: "torch.nn.Module"
+    card_path: Path
+
+
+def load_model(card_path: str | Path | None = None) -> LoadedModel:
+    """Read a card, check its weights' sha256, and load them (safetensors only) into the network it describes.
+
+    ``card_path`` may name the card (``.json``) or the weights (``.safetensors``, card beside it with the same
+    stem); ``None`` means the bundled default model.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    card_path = Path(card_path) if card_path is not None else BUNDLED_CARD
+    if card_path.suffix == ".safetensors":
+        card_path = card_path.with_suffix(".json")
+    card = read_card(card_path)
+    weights = card_path.parent / card.weights_file
+    if not weights.is_file():
+        raise ModelError(f"{weights}: weights file named by the model card {card_path.name} is missing")
+    actual = file_sha256(weights)
+    if actual != card.weights_sha256:
+        raise ModelError(
+            f"{weights}: sha256 {actual[:12]}... does not match the model card's {card.weights_sha256[:12]}... "
+            "(corrupt download or the wrong weights for this card)"
+        )
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ModelError(f"{weights}: not a readable safetensors file ({error})") from None
+    network = build_network(card)
+    expected = network.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong_shape = [k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or wrong_shape:
+        details = []
+        if missing:
+            details.append(f"{len(missing)} tensors missing (e.g. {missing[0]})")
+        if unexpected:
+            details.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if wrong_shape:
+            key = sorted(wrong_shape)[0]
+            details.append(f"{len(wrong_shape)} of the wrong shape (e.g. {key}: {tuple(state[key].shape)} "
+                           f"vs {tuple(expected[key].shape)})")
+        raise ModelError(f"{weights}: weights do not fit the network in {card_path.name}: {'; '.join(details)}")
+    network.load_state_dict(state, strict=True)
+    network.eval()
+    return LoadedModel(card, network, card_path)
+
+
+def save_model(network: "torch.nn.Module", card: ModelCard, card_path: str | Path) -> ModelCard:
+    """Write the weights (safetensors) and the card with the weights' sha256 filled in; both atomically."""
+    from safetensors.torch import save_file
+
+    from .writing import atomic_output, write_text
+
+    card_path = Path(card_path)
+    weights = card_path.with_suffix(".safetensors")
+    state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
+    with atomic_output(weights) as temporary:
+        save_file(state, str(temporary), metadata={"format": "pt", "card": card_path.name})
+        digest = file_sha256(temporary)
+    final = ModelCard(**{**asdict(card), "preprocessing": card.preprocessing, "weights_file": weights.name,
+                         "weights_sha256": digest})
+    write_text(card_path, final.to_json())
+    return final

@@ -1,0 +1,66 @@
+"""One CT file (or DICOM folder) in, one label file out; and the discovery of cases in a batch folder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import SimpleITK as sitk
+
+from .evaluation import case_id
+from .inference import ProgressCallback, SegmentationResult, segment_volume
+from .intensity import DEFAULT_WINDOW, IntensityMode, prepare_ct
+from .model import LoadedModel
+from .reading import has_volume_suffix, is_segmentation_file, read_volume
+from .writing import LABEL_SUFFIXES, output_suffix, write_label_map
+
+
+@dataclass(frozen=True)
+class SegmentOptions:
+    device: str = "auto"
+    batch_size: int | None = None
+    intensity: IntensityMode = "hu"
+    window: tuple[float, float] = DEFAULT_WINDOW
+    output_format: str = ".seg.nrrd"
+
+
+def is_dicom_folder(path: Path) -> bool:
+    """A folder that is one CT: it holds a DICOM series and no other volume files (else it is a batch)."""
+    if not path.is_dir():
+        return False
+    other_volumes = any(
+        p.is_file() and has_volume_suffix(p) and not p.name.lower().endswith(".dcm") for p in path.iterdir()
+    )
+    return not other_volumes and bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path)))
+
+
+def find_cases(folder: Path) -> list[Path]:
+    """CT inputs in a batch folder: volume files (not segmentations) and subfolders holding a DICOM series."""
+    cases = []
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_file() and has_volume_suffix(entry) and not is_segmentation_file(entry):
+            cases.append(entry)
+        elif is_dicom_folder(entry):
+            cases.append(entry)
+    return cases
+
+
+def output_path_for(ct: Path, out: Path, output_format: str, batch: bool) -> Path:
+    """``out`` itself when it names a label file (single case), else ``out/<case><format>``."""
+    if not batch and any(out.name.lower().endswith(s) for s in LABEL_SUFFIXES):
+        return out
+    name = ct.name if ct.is_dir() else case_id(ct)
+    return out / f"{name}{output_format}"
+
+
+def segment_file(ct: Path, output: Path, model: LoadedModel, options: SegmentOptions,
+                 progress: ProgressCallback | None = None) -> SegmentationResult:
+    """Read, check, segment and write one case; the output appears only when all of it succeeded."""
+    output_suffix(output)  # refuse an unknown format before any work
+    volume = prepare_ct(read_volume(ct), options.intensity, options.window)
+    result = segment_volume(volume, model, options.device, options.batch_size, progress)
+    write_label_map(result.labels, volume.geometry, output, protected=[ct])
+    result.notes[:0] = list(volume.notes)
+    return result

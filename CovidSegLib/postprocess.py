@@ -1,0 +1,70 @@
+"""Turn raw network masks into anatomically sensible labels.
+
+Guards against the failures lungmask documents: a spurious "lung" outside the body (bowel gas, air beside
+the patient), stray specks, holes where dense infection hides the lung, and one lung lost when the two lungs
+touch (handled by :func:`CovidSegLib.lateral.split_left_right`). Infection is kept only inside the lungs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from .labels import INFECTION, LEFT_LUNG, RIGHT_LUNG
+from .lateral import split_left_right
+from .preprocessing import ANALYSIS_STRIDE, _body_mask_2d
+from .volume import Geometry
+
+#: A lung component smaller than this fraction of the largest one is noise.
+MIN_COMPONENT_FRACTION = 0.05
+#: A component with less than this fraction of its voxels inside the body is not lung.
+MIN_INSIDE_BODY_FRACTION = 0.5
+#: Infection specks smaller than this (mm³) are dropped.
+MIN_INFECTION_MM3 = 10.0
+
+
+def body_mask(volume_hu: np.ndarray) -> np.ndarray:
+    """Per-slice body masks at ``ANALYSIS_STRIDE`` subsampling (rows and columns), ``[slices, rows/s, cols/s]``."""
+    sample = volume_hu[:, ::ANALYSIS_STRIDE, ::ANALYSIS_STRIDE]
+    return np.stack([_body_mask_2d(s) for s in sample]) if len(sample) else np.zeros(sample.shape, bool)
+
+
+def keep_lung_components(lungs: np.ndarray, body: np.ndarray | None) -> np.ndarray:
+    """Drop components that are tiny next to the largest, or lie mostly outside the body."""
+    components, count = ndimage.label(lungs)
+    if count == 0:
+        return lungs
+    sizes = np.bincount(components.ravel())[1:]
+    keep = sizes >= MIN_COMPONENT_FRACTION * sizes.max()
+    if body is not None:
+        sampled = components[:, ::ANALYSIS_STRIDE, ::ANALYSIS_STRIDE]
+        inside = np.bincount(sampled[body], minlength=count + 1)[1:]
+        total = np.bincount(sampled.ravel(), minlength=count + 1)[1:]
+        keep &= (total == 0) | (inside >= MIN_INSIDE_BODY_FRACTION * np.maximum(total, 1))
+    return np.isin(components, np.flatnonzero(keep) + 1)
+
+
+def fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
+    filled = np.empty_like(mask)
+    for index, slice_mask in enumerate(mask):
+        filled[index] = ndimage.binary_fill_holes(slice_mask) if slice_mask.any() else slice_mask
+    return filled
+
+
+def postprocess(
+    lungs: np.ndarray, infection: np.ndarray, geometry: Geometry, volume_hu: np.ndarray | None = None
+) -> np.ndarray:
+    """Label map (1 left lung, 2 right lung, 3 infection) from raw canonical-orientation masks."""
+    body = body_mask(volume_hu) if volume_hu is not None else None
+    lungs = keep_lung_components(lungs | infection, body)
+    sides = split_left_right(lungs, geometry)
+    labels = np.zeros(lungs.shape, dtype=np.uint8)
+    for side in (LEFT_LUNG, RIGHT_LUNG):
+        labels[fill_holes_per_slice(sides == side) & (labels == 0)] = side
+    infection = infection & (labels > 0)
+    if infection.any():
+        components, count = ndimage.label(infection)
+        sizes = np.bincount(components.ravel())[1:] * float(np.prod(geometry.spacing))
+        infection = np.isin(components, np.flatnonzero(sizes >= MIN_INFECTION_MM3) + 1)
+    labels[infection] = INFECTION
+    return labels

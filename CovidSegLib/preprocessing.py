@@ -1,0 +1,99 @@
+"""Preprocessing shared by training and inference, so a model always sees at inference what it learned on.
+
+Intensities: HU are windowed (default -1250..250, the lung window the COVID-19-CT-Seg corpus was exported in)
+and scaled to 0..1; 8-bit windowed slices are scaled by 1/255, which lands them in the same range.
+Geometry: each slice is cropped to a square around the body (the same box for the whole volume, so every slice
+has the same scale) and resized to the network's input size.
+Work avoided: slices with no air enclosed by the body cannot contain lung and are not sent to the network.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+#: Tissue denser than this is body (fat is about -100 HU, lung and air below -500).
+BODY_HU = -500.0
+#: Air or lung: inside the body this is lung, airway or bowel gas.
+AIR_HU = -400.0
+#: A slice needs at least this much enclosed air (mm²) to be worth segmenting (the trachea alone is ~200 mm²).
+MIN_ENCLOSED_AIR_MM2 = 100.0
+#: Subsampling for the cheap whole-volume analyses (body box, candidate slices).
+ANALYSIS_STRIDE = 4
+#: Margin around the body box, as a fraction of its side.
+BOX_MARGIN = 0.05
+
+
+def window_to_unit(values: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+    """HU to float32 in 0..1 over ``window``, clipped."""
+    low, high = window
+    scaled = (values.astype(np.float32) - np.float32(low)) * np.float32(1.0 / (high - low))
+    return np.clip(scaled, 0.0, 1.0, out=scaled)
+
+
+@dataclass(frozen=True)
+class Box:
+    """A square crop ``[row0:row0+side, col0:col0+side]`` of a slice; may reach outside it (padded with air)."""
+
+    row0: int
+    col0: int
+    side: int
+
+    def crop(self, slices: np.ndarray, fill: float) -> np.ndarray:
+        """Cut the box out of ``slices`` (``[..., rows, cols]``), padding with ``fill`` where it leaves them."""
+        rows, cols = slices.shape[-2:]
+        out = np.full(slices.shape[:-2] + (self.side, self.side), fill, dtype=slices.dtype)
+        r0, c0 = max(self.row0, 0), max(self.col0, 0)
+        r1, c1 = min(self.row0 + self.side, rows), min(self.col0 + self.side, cols)
+        out[..., r0 - self.row0:r1 - self.row0, c0 - self.col0:c1 - self.col0] = slices[..., r0:r1, c0:c1]
+        return out
+
+    def paste(self, crop: np.ndarray, target: np.ndarray) -> None:
+        """Write a crop-sized result back into ``target`` (``[..., rows, cols]``), dropping the padding."""
+        rows, cols = target.shape[-2:]
+        r0, c0 = max(self.row0, 0), max(self.col0, 0)
+        r1, c1 = min(self.row0 + self.side, rows), min(self.col0 + self.side, cols)
+        target[..., r0:r1, c0:c1] = crop[..., r0 - self.row0:r1 - self.row0, c0 - self.col0:c1 - self.col0]
+
+
+def _body_mask_2d(slice_hu: np.ndarray) -> np.ndarray:
+    """The largest dense region of a slice with its holes (lungs) filled: the body, without the table."""
+    dense = ndimage.binary_opening(slice_hu > BODY_HU, iterations=1)
+    labels, count = ndimage.label(dense)
+    if count == 0:
+        return dense
+    largest = np.argmax(np.bincount(labels.ravel())[1:]) + 1
+    return ndimage.binary_fill_holes(labels == largest)
+
+
+def body_box(volume_hu: np.ndarray) -> Box:
+    """Square box around the body over all slices of a canonical volume ``[slices, rows, cols]``."""
+    stride = ANALYSIS_STRIDE
+    sample = volume_hu[:, ::stride, ::stride]
+    projection = _body_mask_2d(sample.max(axis=0))
+    rows, cols = volume_hu.shape[1:]
+    if not projection.any():
+        side = max(rows, cols)
+        return Box((rows - side) // 2, (cols - side) // 2, side)
+    row_idx = np.flatnonzero(projection.any(axis=1))
+    col_idx = np.flatnonzero(projection.any(axis=0))
+    top, bottom = row_idx[0] * stride, min((row_idx[-1] + 1) * stride, rows)
+    left, right = col_idx[0] * stride, min((col_idx[-1] + 1) * stride, cols)
+    side = int(round(max(bottom - top, right - left) * (1 + 2 * BOX_MARGIN)))
+    centre_row, centre_col = (top + bottom) // 2, (left + right) // 2
+    return Box(centre_row - side // 2, centre_col - side // 2, side)
+
+
+def candidate_slices(volume_hu: np.ndarray, pixel_area_mm2: float) -> np.ndarray:
+    """Indices of slices with enough air enclosed by the body to hold lung (plus one neighbour each side)."""
+    stride = ANALYSIS_STRIDE
+    sample = volume_hu[:, ::stride, ::stride]
+    min_pixels = MIN_ENCLOSED_AIR_MM2 / (pixel_area_mm2 * stride * stride)
+    keep = np.zeros(len(sample), dtype=bool)
+    for index, slice_hu in enumerate(sample):
+        enclosed = _body_mask_2d(slice_hu) & (slice_hu < AIR_HU)
+        keep[index] = np.count_nonzero(enclosed) >= min_pixels
+    keep = ndimage.binary_dilation(keep, iterations=1)
+    return np.flatnonzero(keep)

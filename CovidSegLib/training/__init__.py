@@ -1,0 +1,1 @@
+"""Training and fine-tuning of CovidSeg's slice U-Net (``python -m CovidSegLib.training``)."""

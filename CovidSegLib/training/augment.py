@@ -1,0 +1,62 @@
+"""Batch augmentation on the CPU for CT slices, in torch (one affine resample per batch, no per-sample loops).
+
+Geometry: rotation, zoom (a body crop, a full field of view and a tight crop around the lungs must all look
+familiar), shift, left-right flip (harmless: sides are assigned from patient coordinates afterwards).
+Intensity: window jitter, gamma, contrast and brightness, blur and noise, so that 8-bit exports, CLAHE-enhanced
+slices and plain HU windows all fall inside what the network has seen.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    rotation_degrees: float = 12.0
+    zoom: tuple[float, float] = (0.75, 1.35)
+    shift: float = 0.08
+    flip_probability: float = 0.5
+    window_jitter: float = 0.12
+    gamma: tuple[float, float] = (0.7, 1.5)
+    contrast: tuple[float, float] = (0.8, 1.2)
+    brightness: float = 0.08
+    blur_probability: float = 0.2
+    noise_sigma: float = 0.03
+
+
+def augment(images: torch.Tensor, masks: torch.Tensor, config: AugmentConfig, generator: torch.Generator
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Augment ``images`` ``[n, 1, h, w]`` in 0..1 and their ``masks`` ``[n, c, h, w]`` in 0/1 together."""
+    n = images.shape[0]
+
+    def uniform(low: float, high: float, size: int = n) -> torch.Tensor:
+        return torch.rand(size, generator=generator) * (high - low) + low
+
+    angle = uniform(-config.rotation_degrees, config.rotation_degrees) * math.pi / 180
+    scale = 1.0 / uniform(*config.zoom)  # grid scale < 1 zooms in
+    flip = torch.where(torch.rand(n, generator=generator) < config.flip_probability, -1.0, 1.0)
+    cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
+    theta = torch.stack([
+        torch.stack([cos * flip, -sin, uniform(-config.shift, config.shift)], dim=1),
+        torch.stack([sin * flip, cos, uniform(-config.shift, config.shift)], dim=1),
+    ], dim=1)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    masks = (F.grid_sample(masks, grid, mode="bilinear", padding_mode="zeros", align_corners=False) > 0.5).float()
+
+    low = uniform(-config.window_jitter, config.window_jitter).view(n, 1, 1, 1)
+    high = 1 + uniform(-config.window_jitter, config.window_jitter).view(n, 1, 1, 1)
+    images = ((images - low) / (high - low)).clamp(0, 1)
+    images = images ** uniform(*config.gamma).view(n, 1, 1, 1)
+    images = images * uniform(*config.contrast).view(n, 1, 1, 1) + uniform(
+        -config.brightness, config.brightness).view(n, 1, 1, 1)
+    blur = (torch.rand(n, generator=generator) < config.blur_probability).view(n, 1, 1, 1)
+    images = torch.where(blur, F.avg_pool2d(images, 3, stride=1, padding=1), images)
+    sigma = uniform(0, config.noise_sigma).view(n, 1, 1, 1)
+    images = images + torch.randn(images.shape, generator=generator) * sigma
+    return images.clamp(0, 1), masks

@@ -1,0 +1,120 @@
+"""Measure a model the way it will be used, and write the figures into its card.
+
+    python -m CovidSegLib.training.report CARD --corpus DIR [--medseg DIR] [--volumes DIR]
+
+- held-out patients of the slice corpus (the ``test`` groups of ``Resources/model/split.json``): Dice for lungs
+  and infection, pooled over all slices and as the mean of per-slice Dice (slices where both masks are empty are
+  left out), per group too, with the numbers of slices and groups;
+- MedSeg slices (another hospital, never trained on unless the card says so): infection Dice;
+- real volumes: lung Dice against ``ctchest4.seg.nrrd`` and the TotalSegmentator lobes, and the infection volume
+  found in those CTs, which show no COVID-19 (false positives).
+Every prediction goes through the engine's own preprocessing (:mod:`CovidSegLib.training.slices`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from ..evaluation import evaluate_case, parse_mapping
+from ..inference import SliceSegmenter, select_device
+from ..model import ModelCard, load_model
+from ..pipeline import SegmentOptions, segment_file
+from .data import load_medseg, load_slice_corpus, read_split
+from .slices import predict_slices
+
+
+def dice_figures(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float | int]:
+    """Pooled Dice, mean per-slice Dice (both-empty slices excluded) and the slice counts."""
+    overlap = (predicted & truth).sum(axis=(1, 2))
+    sizes = predicted.sum(axis=(1, 2)) + truth.sum(axis=(1, 2))
+    scored = sizes > 0
+    per_slice = 2 * overlap[scored] / sizes[scored]
+    return {
+        "pooled_dice": float(2 * overlap.sum() / sizes.sum()) if sizes.sum() else math.nan,
+        "mean_slice_dice": float(per_slice.mean()) if scored.any() else math.nan,
+        "slices": int(len(truth)),
+        "slices_scored": int(scored.sum()),
+    }
+
+
+def corpus_scores(segmenter: SliceSegmenter, corpus_root: Path) -> dict:
+    corpus = load_slice_corpus(corpus_root)
+    groups = read_split()["groups"]["test"]
+    indices = np.concatenate([np.arange(a, b) for a, b in groups])
+    test = corpus.subset(indices)
+    lungs, infection = predict_slices(segmenter, test.images)
+    result = {"groups": len(groups), "lungs": dice_figures(lungs, test.lungs),
+              "infection": dice_figures(infection, test.infection), "per_group": {}}
+    start = 0
+    for a, b in groups:
+        part = slice(start, start + b - a)
+        result["per_group"][f"{a}-{b}"] = {
+            "lungs": dice_figures(lungs[part], test.lungs[part])["pooled_dice"],
+            "infection": dice_figures(infection[part], test.infection[part])["pooled_dice"],
+        }
+        start += b - a
+    return result
+
+
+def medseg_scores(segmenter: SliceSegmenter, root: Path) -> dict:
+    medseg = load_medseg(root)
+    _, infection = predict_slices(segmenter, medseg.images)
+    return {"infection": dice_figures(infection, medseg.infection)}
+
+
+def volume_scores(card_path: Path, volumes: Path, work: Path) -> dict:
+    model = load_model(card_path)
+    results = {}
+    cases = {
+        "ctchest4": (volumes / "ctchest4.nrrd", volumes / "ctchest4.seg.nrrd", None),
+        "totalseg_example": (volumes / "totalseg_example_ct_sm.nii.gz", volumes / "totalseg_example_ct_sm_seg.nii.gz",
+                             parse_mapping("totalseg-lobes")),
+    }
+    for name, (ct, reference, mapping) in cases.items():
+        output = work / f"{name}.seg.nrrd"
+        segment_file(ct, output, model, SegmentOptions(device="cpu"))
+        case = evaluate_case(output, reference, reference_mapping=mapping)
+        results[name] = {
+            "lungs_dice": case.metrics["lungs"].dice,
+            "left_lung_dice": case.metrics["left_lung"].dice,
+            "right_lung_dice": case.metrics["right_lung"].dice,
+            "infection_ml_found_in_ct_without_covid": case.metrics["infection"].predicted_volume_ml,
+        }
+    return results
+
+
+def main() -> None:
+    import tempfile
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("card")
+    parser.add_argument("--corpus", required=True, help="the slice corpus' data/img folder")
+    parser.add_argument("--medseg", help="medseg_train folder (cross-source test)")
+    parser.add_argument("--volumes", help="../shared/data/volumes")
+    parser.add_argument("--write", action="store_true", help="write the scores into the card")
+    args = parser.parse_args()
+    card_path = Path(args.card)
+    model = load_model(card_path)
+    segmenter = SliceSegmenter(model, select_device("auto"), batch_size=32)
+    scores = dict(model.card.scores)
+    scores["held_out_patients"] = corpus_scores(segmenter, Path(args.corpus))
+    if args.medseg:
+        scores["medseg_cross_source"] = medseg_scores(segmenter, Path(args.medseg))
+    if args.volumes:
+        with tempfile.TemporaryDirectory() as work:
+            scores["real_volumes"] = volume_scores(card_path, Path(args.volumes), Path(work))
+    print(json.dumps(scores, indent=2))
+    if args.write:
+        document = json.loads(card_path.read_text())
+        document["scores"] = scores
+        ModelCard.from_json(json.dumps(document), str(card_path))  # still a valid card
+        card_path.write_text(json.dumps(document, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

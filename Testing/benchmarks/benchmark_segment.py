@@ -1,0 +1,143 @@
+"""Speed and memory of ``covidseg segment`` against a plain baseline, on a 512x512x300 CT made from real data.
+
+    python Testing/benchmarks/benchmark_segment.py [--model CARD] [--slices 300] [--device cpu]
+
+The CT is Slicer's CTChest (``../shared/data/volumes/ctchest4.nrrd``) resampled to 512x512xN (linear), cached
+outside the repository. Each mode runs in its own process, so its peak RSS is its own:
+- ``covidseg``: the product path, read -> checks -> body crop, lung-slice skipping, batched channels-last
+  inference with the next batch prepared on a worker thread -> post-processing -> ``.seg.nrrd`` written.
+- ``baseline``: the same network and post-processing, float32, one whole slice at a time, no crop, no skipping.
+Prints seconds end to end (read to labels written), slices/s, peak RSS and the speed-up. Not a test: no asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA = Path(os.environ.get("COVIDSEG_DATA", ROOT.parent / "shared" / "data"))
+CACHE = Path(os.environ.get("COVIDSEG_CACHE", Path.home() / ".cache" / "covidseg")) / "benchmark"
+
+
+def make_ct(slices: int, size: int = 512) -> Path:
+    """CTChest resampled to ``size`` x ``size`` x ``slices`` over the same field of view (cached)."""
+    import SimpleITK as sitk
+
+    path = CACHE / f"ctchest_{size}x{size}x{slices}.nii.gz"
+    if path.exists():
+        return path
+    source = sitk.ReadImage(str(DATA / "volumes" / "ctchest4.nrrd"))
+    extent = [n * s for n, s in zip(source.GetSize(), source.GetSpacing())]
+    new_size = [size, size, slices]
+    spacing = [e / n for e, n in zip(extent, new_size)]
+    origin = source.TransformContinuousIndexToPhysicalPoint([(s / source.GetSpacing()[i] - 1) / 2
+                                                             for i, s in enumerate(spacing)])
+    resampled = sitk.Resample(source, new_size, sitk.Transform(), sitk.sitkLinear, origin, spacing,
+                              source.GetDirection(), -1024, sitk.sitkInt16)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(resampled, str(path))
+    return path
+
+
+def run_covidseg(ct: Path, out: Path, model_path: str | None, device: str) -> dict:
+    from CovidSegLib.model import load_model
+    from CovidSegLib.pipeline import SegmentOptions, segment_file
+
+    model = load_model(model_path)
+    started = time.perf_counter()
+    result = segment_file(ct, out, model, SegmentOptions(device=device))
+    return {"seconds": time.perf_counter() - started, "slices_inferred": result.slices_inferred,
+            "device": result.device, "stages": result.seconds}
+
+
+def run_baseline(ct: Path, out: Path, model_path: str | None, device: str) -> dict:
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from CovidSegLib.inference import select_device
+    from CovidSegLib.intensity import prepare_ct
+    from CovidSegLib.model import load_model
+    from CovidSegLib.orientation import from_canonical, to_canonical
+    from CovidSegLib.postprocess import postprocess
+    from CovidSegLib.preprocessing import window_to_unit
+    from CovidSegLib.reading import read_volume
+    from CovidSegLib.writing import write_label_map
+
+    model = load_model(model_path)
+    target = select_device(device)
+    network = model.network.to(target).eval()
+    card = model.card
+    started = time.perf_counter()
+    volume = prepare_ct(read_volume(ct))
+    canonical, plan = to_canonical(volume)
+    hu = canonical.array
+    lungs = np.zeros(hu.shape, bool)
+    infection = np.zeros(hu.shape, bool)
+    rows, cols = hu.shape[1:]
+    with torch.inference_mode():
+        for index in range(hu.shape[0]):
+            x = torch.from_numpy(window_to_unit(hu[index], card.preprocessing.window))[None, None]
+            x = F.interpolate(x, size=(card.input_size, card.input_size), mode="bilinear", align_corners=False)
+            logits = F.interpolate(network(x.to(target)).float(), size=(rows, cols), mode="bilinear",
+                                   align_corners=False)
+            masks = (logits > 0).cpu().numpy()[0]
+            lungs[index] = masks[card.output_index("lungs")]
+            infection[index] = masks[card.output_index("infection")]
+    labels = from_canonical(postprocess(lungs, infection, canonical.geometry, hu), plan)
+    write_label_map(labels, volume.geometry, out)
+    return {"seconds": time.perf_counter() - started, "slices_inferred": hu.shape[0], "device": str(target)}
+
+
+def child(mode: str, ct: Path, model: str | None, device: str) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        runner = run_covidseg if mode == "covidseg" else run_baseline
+        result = runner(ct, Path(folder) / "labels.seg.nrrd", model, device)
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("RESULT " + json.dumps(result))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="model card; default: the bundled model")
+    parser.add_argument("--slices", type=int, default=300)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--modes", default="covidseg,baseline")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--ct", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, Path(args.ct), args.model, args.device)
+        return
+    ct = make_ct(args.slices)
+    import torch
+
+    print(f"CT: {ct.name}; device {args.device}; torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{os.cpu_count()} CPUs")
+    rows = {}
+    for mode in args.modes.split(","):
+        command = [sys.executable, __file__, "--child", mode, "--ct", str(ct), "--device", args.device]
+        if args.model:
+            command += ["--model", args.model]
+        output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        rows[mode] = json.loads(output.split("RESULT ", 1)[1])
+    print(f"{'mode':10s} {'seconds':>8s} {'slices/s':>9s} {'inferred':>9s} {'peak RSS MB':>12s}")
+    for mode, row in rows.items():
+        print(f"{mode:10s} {row['seconds']:8.1f} {args.slices / row['seconds']:9.1f} "
+              f"{row['slices_inferred']:>9d} {row['peak_rss_mb']:12.0f}")
+    if {"covidseg", "baseline"} <= rows.keys():
+        print(f"speed-up covidseg vs baseline: {rows['baseline']['seconds'] / rows['covidseg']['seconds']:.2f}x")
+    if "covidseg" in rows:
+        print("covidseg stages (s): " + ", ".join(f"{k} {v:.1f}" for k, v in rows["covidseg"]["stages"].items()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""A short real training on real slices from ../shared/data: the loss falls, the model exports and loads,
+an interrupted run resumes to the same result, and fine-tuning starts from an exported model."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from CovidSegLib.inference import segment_volume  # noqa: E402
+from CovidSegLib.intensity import prepare_ct  # noqa: E402
+from CovidSegLib.model import load_model  # noqa: E402
+from CovidSegLib.reading import read_volume  # noqa: E402
+from CovidSegLib.training.data import continuity_groups, load_medseg, load_npz_slices, read_split  # noqa: E402
+from CovidSegLib.training.train import TrainConfig, train  # noqa: E402
+
+
+def _config(slices: Path, out: Path, **changes) -> TrainConfig:
+    config = TrainConfig(out_dir=str(out), medseg=str(slices / "medseg_train"), npz_slices=str(slices),
+                         name="tiny", input_size=64, epochs=4, batch_size=8, max_steps_per_epoch=6,
+                         learning_rate=3e-3, patience=10, seed=1, threads=2)
+    return replace(config, **changes)
+
+
+def test_real_slice_sources_load(slices: Path) -> None:
+    medseg = load_medseg(slices / "medseg_train")
+    assert len(medseg.names) == 50 and medseg.infection.any() and not medseg.has_lungs.any()
+    npz = load_npz_slices(slices)
+    assert len(npz.names) == 5 and npz.lungs.any() and not npz.has_infection.any()
+    assert npz.images.dtype == np.uint8 and npz.images.max() > 200
+
+
+def test_short_training_lowers_loss_and_exports_a_loadable_model(slices: Path, volumes: Path, tmp_path: Path
+                                                                 ) -> None:
+    card_path = train(_config(slices, tmp_path / "run"), log=lambda *_: None)
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert history[-1]["loss"] < history[0]["loss"], [h["loss"] for h in history]
+    model = load_model(card_path)
+    assert model.card.input_size == 64 and model.card.outputs == ("lungs", "infection")
+    assert "MedSeg" in model.card.training_data and model.card.scores["best_epoch"] >= 1
+    result = segment_volume(prepare_ct(read_volume(volumes / "ctchest4.nrrd")), model)
+    assert result.labels.shape == (34, 128, 128)
+
+
+def test_interrupted_training_resumes_to_the_same_result(slices: Path, tmp_path: Path) -> None:
+    config = _config(slices, tmp_path / "full", epochs=3, max_steps_per_epoch=3)
+    train(config, log=lambda *_: None)
+    uninterrupted = json.loads((tmp_path / "full" / "history.json").read_text())
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_after_first_epoch(message: str) -> None:
+        if message.startswith("epoch 1:"):
+            raise Interrupt
+
+    resumed_config = replace(config, out_dir=str(tmp_path / "resumed"))
+    with pytest.raises(Interrupt):
+        train(resumed_config, log=stop_after_first_epoch)
+    messages: list[str] = []
+    train(resumed_config, log=messages.append)
+    assert "resumed after epoch 1" in messages
+    resumed = json.loads((tmp_path / "resumed" / "history.json").read_text())
+    assert [h["epoch"] for h in resumed] == [1, 2, 3]
+    assert np.allclose([h["loss"] for h in resumed], [h["loss"] for h in uninterrupted], rtol=1e-4)
+
+
+def test_fine_tuning_starts_from_a_model_with_frozen_encoder(slices: Path, tmp_path: Path) -> None:
+    base = train(_config(slices, tmp_path / "base", epochs=1, max_steps_per_epoch=2), log=lambda *_: None)
+    base_encoder = {k: v.clone() for k, v in load_model(base).network.encoder.state_dict().items()}
+    tuned = train(_config(slices, tmp_path / "tuned", init_model=str(base), freeze_encoder=True, epochs=1,
+                          max_steps_per_epoch=2, medseg=None), log=lambda *_: None)
+    tuned_network = load_model(tuned).network
+    for key, value in tuned_network.encoder.state_dict().items():
+        if "running" not in key and "num_batches" not in key:  # batch-norm statistics still adapt
+            assert torch.equal(value, base_encoder[key]), key
+    decoder_changed = any(not torch.equal(a, b) for a, b in zip(
+        tuned_network.decoder.state_dict().values(), load_model(base).network.decoder.state_dict().values()))
+    assert decoder_changed
+
+
+def test_recorded_split_keeps_patient_groups_apart() -> None:
+    split = read_split()
+    groups = [tuple(g) for part in split["groups"].values() for g in part]
+    assert sorted(groups)[0][0] == 0 and sorted(groups)[-1][1] == 1614
+    assert all(a[1] == b[0] for a, b in zip(sorted(groups), sorted(groups)[1:])), "groups tile the corpus"
+    assert len(split["groups"]["test"]) == 4 and not set(map(tuple, split["groups"]["test"])) & set(
+        map(tuple, split["groups"]["train"]))
+
+
+def test_continuity_groups_cut_at_patient_changes(slices: Path) -> None:
+    """Two real patients' slices in a row: one cut, exactly where the patient changes."""
+    medseg = load_medseg(slices / "medseg_train", size=128)
+    npz = load_npz_slices(slices, size=128)
+    first = np.repeat(npz.images[:1], 6, axis=0)  # one patient, a run of similar slices
+    second = np.repeat(medseg.images[:1], 6, axis=0)
+    images = np.concatenate([first, second]) + np.random.default_rng(0).integers(0, 3, (12, 128, 128)).astype(np.uint8)
+    lungs = np.concatenate([np.repeat(npz.lungs[:1], 6, axis=0), np.repeat(npz.lungs[1:2] * 0 + 1, 6, axis=0)])
+    assert continuity_groups(images, lungs.astype(bool), min_score=5.0) == [(0, 6), (6, 12)]
