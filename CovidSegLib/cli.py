@@ -55,8 +55,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"size:        {' x '.join(map(str, geometry.size))} voxels ({volume.array.dtype})")
     print(f"spacing:     {', '.join(f'{s:g}' for s in geometry.spacing)} mm")
     print(f"origin:      {', '.join(f'{s:g}' for s in geometry.origin)} mm (LPS)")
-    print(f"orientation: {'canonical (LPS axial)' if plan.is_identity else f'axes {plan.source_axis}, flips {plan.flip} to canonical'}")
-    print(f"intensity:   {stats.minimum:g} .. {stats.maximum:g} HU, {100 * stats.air_fraction:.1f}% air/lung-like voxels")
+    orientation = "canonical (LPS axial)" if plan.is_identity else \
+        f"axes {plan.source_axis}, flips {plan.flip} to canonical"
+    print(f"orientation: {orientation}")
+    print(f"intensity:   {stats.minimum:g} .. {stats.maximum:g} HU, "
+          f"{100 * stats.air_fraction:.1f}% air/lung-like voxels")
     print("status:      ok, a 3D CT in HU")
     return EXIT_OK
 
@@ -125,6 +128,13 @@ def cmd_segment(args: argparse.Namespace) -> int:
                 failures[EXIT_OUTPUT if isinstance(error, OutputError) else EXIT_INPUT] += 1
                 print(f"covidseg: error: {error}", file=sys.stderr)
                 continue
+        if args.report:
+            from .report import write_report
+
+            report_dir = output.parent / f"{output.name.split('.')[0]}_report"
+            write_report(result.volume, result.labels, report_dir, output.name.split(".")[0],
+                         {"ct": str(ct), "labels": str(output)}, protected=[ct])
+            print(f"report: {report_dir / 'report.html'}")
         seconds = result.seconds["total"]
         print(f"{ct} -> {output} ({result.slices_inferred}/{result.slices_total} slices on {result.device}, "
               f"{seconds:.1f} s)")
@@ -134,6 +144,44 @@ def cmd_segment(args: argparse.Namespace) -> int:
         done = len(cases) - sum(failures.values())
         print(f"segmented {done} of {len(cases)} cases into {out}")
     return EXIT_OUTPUT if failures[EXIT_OUTPUT] else EXIT_INPUT if failures[EXIT_INPUT] else EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .evaluation import case_id
+    from .intensity import prepare_ct
+    from .pipeline import find_cases, is_dicom_folder
+    from .reading import read_volume
+    from .report import csv_row, csv_text, labels_for_ct, write_report
+    from .writing import LABEL_SUFFIXES, write_text
+
+    ct_path, labels_path, out = Path(args.ct), Path(args.labels), Path(args.output)
+    cohort = ct_path.is_dir() and not is_dicom_folder(ct_path)
+    if not cohort:
+        ct = prepare_ct(read_volume(ct_path), args.intensity, args.window)
+        written, _ = write_report(ct, labels_for_ct(labels_path, ct), out, case_id(ct_path) if ct_path.is_file()
+                                  else ct_path.name, {"ct": str(ct_path), "labels": str(labels_path)},
+                                  protected=[ct_path, labels_path])
+        print(f"wrote {written['html']} and {len(written) - 1} more files into {out}")
+        return EXIT_OK
+    rows, failures = [], 0
+    for case_path in find_cases(ct_path):
+        case = case_path.name if case_path.is_dir() else case_id(case_path)
+        candidates = [labels_path / f"{case}{suffix}" for suffix in LABEL_SUFFIXES]
+        try:
+            ct = prepare_ct(read_volume(case_path), args.intensity, args.window)
+            found = next((c for c in candidates if c.is_file()), None)
+            if found is None:
+                raise InputError(labels_path, f"no label file for case {case}")
+            _, result = write_report(ct, labels_for_ct(found, ct), out / case, case,
+                                     {"ct": str(case_path), "labels": str(found)}, protected=[ct_path, labels_path])
+            rows.append(csv_row(case, result))
+        except InputError as error:
+            failures += 1
+            rows.append(csv_row(case, None, str(error)))
+            print(f"covidseg: error: {error}", file=sys.stderr)
+    write_text(out / "cases.csv", csv_text(rows), protected=[ct_path, labels_path])
+    print(f"reported {len(rows) - failures} of {len(rows)} cases; cohort table {out / 'cases.csv'}")
+    return EXIT_INPUT if failures else EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,8 +210,21 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--batch-size", type=int, help="slices per network call (default 8 on CPU, 32 on CUDA; "
                          "halved automatically when GPU memory runs out)")
     segment.add_argument("--quiet", action="store_true", help="no progress bar")
+    segment.add_argument("--report", action="store_true",
+                         help="also write the report (figures, pictures, HTML) into OUTPUT_report/ beside each output")
     add_intensity_options(segment)
     segment.set_defaults(handler=cmd_segment)
+
+    report = commands.add_parser(
+        "report", help="volumes, % involvement, severity estimate, QC pictures and an HTML page for a segmented CT",
+        description="CT and LABELS are files (one case), or folders (a cohort: labels paired by case name, one CSV "
+        "row per case, an error row for a case that fails).",
+    )
+    report.add_argument("ct", help="CT file or DICOM folder, or a folder of them")
+    report.add_argument("labels", help="label file (CovidSeg output), or a folder of them")
+    report.add_argument("-o", "--output", required=True, help="output folder")
+    add_intensity_options(report)
+    report.set_defaults(handler=cmd_report)
 
     evaluate = commands.add_parser(
         "evaluate", help="compare segmentations with references (files, or folders paired by file name)",

@@ -92,7 +92,8 @@ def default_mapping(segmentation: Segmentation) -> LabelMapping:
         raise InputError(
             segmentation.source,
             f"label values {unknown} are not in the CovidSeg scheme ({scheme}); say what they mean with a label "
-            f"mapping (--ref-map or --pred-map), e.g. '5=right_lung,6=left_lung', or a preset ({', '.join(MAPPING_PRESETS)})",
+            f"mapping (--ref-map or --pred-map), e.g. '5=right_lung,6=left_lung', "
+            f"or a preset ({', '.join(MAPPING_PRESETS)})",
         )
     return parse_mapping("covidseg")
 
@@ -141,6 +142,34 @@ def mapped_masks(segmentation: Segmentation, mapping: LabelMapping) -> dict[int,
     return masks
 
 
+def compare_masks(
+    predicted: Mapping[int, np.ndarray],
+    referenced: Mapping[int, np.ndarray],
+    geometry: Geometry,
+    tolerances: Mapping[str, float] | None = None,
+) -> dict[str, StructureMetrics]:
+    """Metrics of every structure in :data:`STRUCTURES` from per-label masks on one grid.
+
+    ``predicted`` and ``referenced`` map CovidSeg label values to boolean masks ``[k, j, i]`` on ``geometry``;
+    absent labels are empty. Shared by ``covidseg evaluate`` and the Slicer module's Compare.
+    """
+    tolerances = dict(tolerances or default_tolerances())
+    empty = np.zeros(geometry.array_shape, dtype=bool)
+    spacing_kji = tuple(reversed(geometry.spacing))
+
+    def union(masks: Mapping[int, np.ndarray], values: Sequence[int]) -> np.ndarray:
+        result = empty.copy()
+        for value in values:
+            if value in masks:
+                result |= masks[value]
+        return result
+
+    return {
+        name: structure_metrics(union(predicted, values), union(referenced, values), spacing_kji, tolerances[name])
+        for name, values in STRUCTURES.items()
+    }
+
+
 def _extent_box(geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
     corners = np.array([[i, j, k] for i in (0, geometry.size[0] - 1) for j in (0, geometry.size[1] - 1)
                         for k in (0, geometry.size[2] - 1)], dtype=float)
@@ -179,7 +208,6 @@ def evaluate_case(
     case: str | None = None,
 ) -> CaseResult:
     """Metrics of every structure in :data:`STRUCTURES` for one prediction against one reference."""
-    tolerances = dict(tolerances or default_tolerances())
     prediction = read_segmentation(prediction_path)
     reference = read_segmentation(reference_path)
     prediction_mapping = prediction_mapping or default_mapping(prediction)
@@ -193,20 +221,7 @@ def evaluate_case(
             value: align_to_grid(mask, reference.geometry, prediction.geometry, reference.source)
             for value, mask in referenced.items()
         }
-    empty = np.zeros(prediction.layers.shape[1:], dtype=bool)
-    spacing_kji = tuple(reversed(prediction.geometry.spacing))
-
-    def union(masks: Mapping[int, np.ndarray], values: Sequence[int]) -> np.ndarray:
-        result = empty.copy()
-        for value in values:
-            if value in masks:
-                result |= masks[value]
-        return result
-
-    metrics = {
-        name: structure_metrics(union(predicted, values), union(referenced, values), spacing_kji, tolerances[name])
-        for name, values in STRUCTURES.items()
-    }
+    metrics = compare_masks(predicted, referenced, prediction.geometry, tolerances)
     return CaseResult(case or case_id(Path(prediction_path)), str(prediction_path), str(reference_path), metrics, notes)
 
 
@@ -228,8 +243,10 @@ def pair_folders(predictions: Path, references: Path) -> tuple[list[tuple[str, P
 
     predicted, referenced = index(predictions), index(references)
     pairs = [(case, predicted[case], referenced[case]) for case in sorted(predicted.keys() & referenced.keys())]
-    unpaired = [f"no reference for prediction {predicted[c].name}" for c in sorted(predicted.keys() - referenced.keys())]
-    unpaired += [f"no prediction for reference {referenced[c].name}" for c in sorted(referenced.keys() - predicted.keys())]
+    unpaired = [f"no reference for prediction {predicted[c].name}"
+                for c in sorted(predicted.keys() - referenced.keys())]
+    unpaired += [f"no prediction for reference {referenced[c].name}"
+                 for c in sorted(referenced.keys() - predicted.keys())]
     if not pairs:
         raise InputError(predictions, f"no file pairs up by name with a file in {references}")
     return pairs, unpaired

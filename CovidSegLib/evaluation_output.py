@@ -96,7 +96,8 @@ def json_text(results: Sequence[CaseResult], notes: Sequence[str] = ()) -> str:
             for r in results
         ],
         "summary": {
-            s: {m: {k: _json_number(v) if isinstance(v, float) else v for k, v in stats.items()} for m, stats in ms.items()}
+            s: {m: {k: _json_number(v) if isinstance(v, float) else v for k, v in stats.items()}
+                for m, stats in ms.items()}
             for s, ms in summary.items()
         },
     }

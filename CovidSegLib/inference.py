@@ -38,6 +38,7 @@ class SegmentationResult:
     slices_inferred: int
     seconds: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    volume: Optional[Volume] = None  # the CT in HU that was segmented (set by the file pipeline, for reports)
 
 
 def select_device(requested: str = "auto") -> "torch.device":  # noqa: F821

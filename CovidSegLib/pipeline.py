@@ -63,4 +63,5 @@ def segment_file(ct: Path, output: Path, model: LoadedModel, options: SegmentOpt
     result = segment_volume(volume, model, options.device, options.batch_size, progress)
     write_label_map(result.labels, volume.geometry, output, protected=[ct])
     result.notes[:0] = list(volume.notes)
+    result.volume = volume
     return result

@@ -58,6 +58,9 @@ def atomic_output(path: str | Path, protected: Iterable[str | Path] = ()) -> Ite
     temporary = Path(temporary_name)
     try:
         yield temporary
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes files private; outputs are ordinary files
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)

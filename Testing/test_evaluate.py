@@ -115,12 +115,14 @@ def test_reference_with_foreign_codes_needs_a_mapping(volumes: Path, reference, 
 def test_totalsegmentator_lobes_map_to_lungs(volumes: Path) -> None:
     seg = volumes / "totalseg_example_ct_sm_seg.nii.gz"
     lobes = read_segmentation(seg).layers[0]
-    result = evaluate_case(seg, seg, parse_mapping("totalseg-lobes"), parse_mapping("10+11=left_lung,12+13+14=right_lung"))
+    result = evaluate_case(seg, seg, parse_mapping("totalseg-lobes"),
+                           parse_mapping("10+11=left_lung,12+13+14=right_lung"))
     voxel_ml = 27 / 1000
     assert result.metrics["left_lung"].dice == 1.0
     assert result.metrics["left_lung"].reference_volume_ml == pytest.approx(np.isin(lobes, [10, 11]).sum() * voxel_ml)
     assert result.metrics["right_lung"].reference_volume_ml == pytest.approx(np.isin(lobes, [13, 14]).sum() * voxel_ml)
-    swapped = evaluate_case(seg, seg, parse_mapping("totalseg-lobes"), parse_mapping("10+11=right_lung,13+14=left_lung"))
+    swapped = evaluate_case(seg, seg, parse_mapping("totalseg-lobes"),
+                            parse_mapping("10+11=right_lung,13+14=left_lung"))
     assert swapped.metrics["left_lung"].dice == 0.0
 
 

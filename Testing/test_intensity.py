@@ -36,7 +36,8 @@ def test_real_hu_slices_pass(slices: Path) -> None:
 def test_lung_windowed_radiopaedia_image_is_not_hu(slices: Path) -> None:
     path = slices / "ma2020_radiopaedia_14_85914_0_slice000.npz"
     volume = _volume_from_slice(path, path.name)
-    with pytest.raises(InputError, match=r"radiopaedia.*not in Hounsfield units \(values 16\.\.255\).*--intensity windowed"):
+    expected = r"radiopaedia.*not in Hounsfield units \(values 16\.\.255\).*--intensity windowed"
+    with pytest.raises(InputError, match=expected):
         prepare_ct(volume)
     hu = prepare_ct(volume, intensity="windowed", window=(-1250, 250))
     # 0..255 spans -1250..250 HU: 255 -> 250, 16 -> -1250 + 16 * 1500 / 255
@@ -53,7 +54,8 @@ def test_windowed_opt_in_refuses_data_that_is_not_8_bit(volumes: Path) -> None:
 def test_mr_like_or_unrescaled_values_are_rejected(volumes: Path) -> None:
     ct = read_volume(volumes / "ctchest4.nrrd")
     unrescaled = ct.with_array(ct.array + 3024)  # stored values without the rescale intercept
-    with pytest.raises(InputError, match=r"ctchest4.nrrd: not in Hounsfield units \(values 0\.\.6094, nothing negative\)"):
+    expected = r"ctchest4.nrrd: not in Hounsfield units \(values 0\.\.6094, nothing negative\)"
+    with pytest.raises(InputError, match=expected):
         prepare_ct(unrescaled)
 
 
@@ -73,7 +75,8 @@ def test_constant_nan_empty_and_2d_volumes_are_rejected(volumes: Path) -> None:
     with_nan[3, 4, 5] = np.nan
     with pytest.raises(InputError, match="1 voxels are NaN or infinite"):
         prepare_ct(ct.with_array(with_nan))
-    empty = Volume(np.zeros((0, 0, 0), np.int16), Geometry((0, 0, 0), (1, 1, 1), (0, 0, 0), (1, 0, 0, 0, 1, 0, 0, 0, 1)))
+    identity = (1, 0, 0, 0, 1, 0, 0, 0, 1)
+    empty = Volume(np.zeros((0, 0, 0), np.int16), Geometry((0, 0, 0), (1, 1, 1), (0, 0, 0), identity))
     with pytest.raises(InputError, match="empty volume"):
         prepare_ct(empty)
     single = read_volume(volumes / "highdicom_ct_image.dcm")

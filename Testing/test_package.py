@@ -42,7 +42,8 @@ def test_importing_every_module_does_not_import_torch() -> None:
     code = (
         "import sys, importlib\n"
         f"for name in {modules!r}: importlib.import_module(name)\n"
-        "heavy = [m for m in ('torch', 'torchvision', 'segmentation_models_pytorch', 'slicer', 'vtk') if m in sys.modules]\n"
+        "heavy = [m for m in ('torch', 'torchvision', 'segmentation_models_pytorch', 'slicer', 'vtk')\n"
+        "         if m in sys.modules]\n"
         "print(','.join(heavy))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -1,0 +1,252 @@
+"""CovidSeg module logic: MRML nodes in, MRML nodes out, all the work done by CovidSegLib.
+
+Runs inside 3D Slicer and, for tests, on ``slicer-core`` (Slicer's MRML without the application): it uses only
+MRML, vtkSlicerSegmentationsModuleLogic and numpy, never ``slicer.app``, ``slicer.modules``, qt or the global
+scene, so the scene is passed in. torch is imported only when a segmentation actually runs.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping, Optional, Sequence
+
+import numpy as np
+import vtk
+from vtk.util import numpy_support
+
+import slicer
+
+from CovidSegLib.labels import OUTPUT_LABELS, label_by_name, slicer_terminology_string
+from CovidSegLib.volume import Geometry, Volume
+
+try:  # in the Slicer application
+    from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
+except ImportError:  # slicer-core (tests): the base class only adds parameter-node helpers the logic does not use
+    ScriptedLoadableModuleLogic = object
+
+#: Python packages the module needs beyond what Slicer bundles (torch comes from the PyTorch extension).
+PIP_REQUIREMENTS = ("segmentation-models-pytorch>=0.3.3", "safetensors", "slicerio>=1.4")
+
+ProgressCallback = Callable[[float], Optional[bool]]
+
+
+def geometry_from_volume_node(volume_node) -> Geometry:
+    """LPS geometry (CovidSegLib's convention) of a Slicer volume node (RAS)."""
+    directions = np.zeros((3, 3))
+    volume_node.GetIJKToRASDirections(directions)
+    lps_directions = np.diag([-1.0, -1.0, 1.0]) @ directions
+    origin = volume_node.GetOrigin()
+    dimensions = volume_node.GetImageData().GetDimensions()
+    return Geometry(
+        size=tuple(int(d) for d in dimensions),
+        spacing=tuple(float(s) for s in volume_node.GetSpacing()),
+        origin=(-origin[0], -origin[1], origin[2]),
+        direction=tuple(float(v) for v in lps_directions.ravel()),
+    )
+
+
+def volume_from_node(volume_node) -> Volume:
+    if volume_node is None or volume_node.GetImageData() is None:
+        raise ValueError("select an input CT volume")
+    array = slicer.util.arrayFromVolume(volume_node)
+    return Volume(np.array(array), geometry_from_volume_node(volume_node), volume_node.GetName())
+
+
+class CovidSegLogic(ScriptedLoadableModuleLogic):
+    """Segment, compare and quantify on MRML nodes. One instance keeps the loaded model between runs."""
+
+    def __init__(self, scene=None) -> None:
+        if ScriptedLoadableModuleLogic is not object:
+            ScriptedLoadableModuleLogic.__init__(self)
+        self.scene = scene if scene is not None else slicer.mrmlScene
+        self._model = None
+        self._model_path: str | None = None
+
+    # ---- dependencies ------------------------------------------------------------------------------------
+    @staticmethod
+    def missing_dependencies() -> list[str]:
+        import importlib.util
+
+        names = {"torch": "torch", "segmentation_models_pytorch": "segmentation-models-pytorch",
+                 "safetensors": "safetensors", "slicerio": "slicerio"}
+        return [pip for module, pip in names.items() if importlib.util.find_spec(module) is None]
+
+    @staticmethod
+    def install_dependencies() -> None:
+        """In Slicer: torch through the PyTorch extension, the rest with pip, never replacing Slicer's own
+        SimpleITK, numpy or torch (``--no-deps`` keeps pip from touching them)."""
+        if "torch" in CovidSegLogic.missing_dependencies():
+            import PyTorchUtils  # the PyTorch extension, declared in EXTENSION_DEPENDS
+
+            torch_logic = PyTorchUtils.PyTorchUtilsLogic()
+            if torch_logic.installTorch(askConfirmation=True) is None:
+                raise RuntimeError("PyTorch is required: install it from the PyTorch module")
+        for requirement in PIP_REQUIREMENTS:
+            slicer.util.pip_install(f"{requirement} --no-deps")
+        for extra in ("timm", "huggingface_hub", "tqdm"):  # smp's own needs, none of them Slicer's
+            slicer.util.pip_install(extra)
+
+    # ---- segment -----------------------------------------------------------------------------------------
+    def model(self, model_path: str | None = None):
+        from CovidSegLib.model import load_model
+
+        key = model_path or None
+        if self._model is None or self._model_path != key:
+            self._model = load_model(key)
+            self._model_path = key
+        return self._model
+
+    def segment(self, volume_node, segmentation_node=None, device: str = "auto", model_path: str | None = None,
+                intensity: str = "hu", progress: ProgressCallback | None = None):
+        """Segment ``volume_node``; returns the (new or given) segmentation node with the three named segments.
+
+        Bad input raises CovidSegLib's InputError (the message says what is wrong); cancelling via ``progress``
+        raises Cancelled and leaves ``segmentation_node`` as it was.
+        """
+        from CovidSegLib.inference import segment_volume
+        from CovidSegLib.intensity import prepare_ct
+
+        volume = prepare_ct(volume_from_node(volume_node), intensity)
+        result = segment_volume(volume, self.model(model_path), device=device, progress=progress)
+        if segmentation_node is None:
+            segmentation_node = self.scene.AddNewNodeByClass("vtkMRMLSegmentationNode",
+                                                            f"{volume_node.GetName()} CovidSeg")
+        self.labels_to_segmentation(result.labels, volume_node, segmentation_node)
+        return segmentation_node
+
+    def labels_to_segmentation(self, labels: np.ndarray, volume_node, segmentation_node) -> None:
+        """Replace the CovidSeg segments of ``segmentation_node`` with ``labels`` on ``volume_node``'s grid."""
+        segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
+        segmentation = segmentation_node.GetSegmentation()
+        segment_ids = vtk.vtkStringArray()
+        for info in OUTPUT_LABELS:
+            if segmentation.GetSegment(info.key) is not None:
+                segmentation.RemoveSegment(info.key)
+            segmentation.AddEmptySegment(info.key, info.name, list(info.color))
+            segmentation.GetSegment(info.key).SetTerminology(slicer_terminology_string(info))
+            segment_ids.InsertNextValue(info.key)
+        labelmap = self._labelmap_node(labels.astype(np.uint8), volume_node)
+        try:
+            logic = slicer.vtkSlicerSegmentationsModuleLogic
+            if not logic.ImportLabelmapToSegmentationNode(labelmap, segmentation_node, segment_ids):
+                raise RuntimeError("importing the labels into the segmentation failed")
+        finally:
+            self.scene.RemoveNode(labelmap)
+        if segmentation_node.GetDisplayNode() is None:
+            segmentation_node.CreateDefaultDisplayNodes()
+        segmentation_node.CreateClosedSurfaceRepresentation()
+
+    def _labelmap_node(self, labels: np.ndarray, volume_node):
+        node = self.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__covidseg_temp__")
+        matrix = vtk.vtkMatrix4x4()
+        volume_node.GetIJKToRASMatrix(matrix)
+        node.SetIJKToRASMatrix(matrix)
+        image = vtk.vtkImageData()
+        image.SetDimensions(labels.shape[2], labels.shape[1], labels.shape[0])
+        image.GetPointData().SetScalars(
+            numpy_support.numpy_to_vtk(np.ascontiguousarray(labels).ravel(), deep=True,
+                                       array_type=vtk.VTK_UNSIGNED_CHAR))
+        node.SetAndObserveImageData(image)
+        return node
+
+    # ---- reading segments back ---------------------------------------------------------------------------
+    def segment_mask(self, segmentation_node, segment_id: str, volume_node) -> np.ndarray:
+        """A segment as a boolean ``[k, j, i]`` mask on ``volume_node``'s grid (resampled if needed)."""
+        labelmap = self.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__covidseg_temp__")
+        try:
+            ids = vtk.vtkStringArray()
+            ids.InsertNextValue(segment_id)
+            logic = slicer.vtkSlicerSegmentationsModuleLogic
+            if not logic.ExportSegmentsToLabelmapNode(segmentation_node, ids, labelmap, volume_node):
+                raise RuntimeError(f"exporting segment {segment_id} failed")
+            return slicer.util.arrayFromVolume(labelmap) > 0
+        finally:
+            self.scene.RemoveNode(labelmap)
+
+    def masks_by_label(self, segmentation_node, mapping: Mapping[int, Sequence[str]], volume_node
+                       ) -> dict[int, np.ndarray]:
+        """Per CovidSeg label value, the union of the mapped segments (given by ID or name)."""
+        segmentation = segmentation_node.GetSegmentation()
+        masks = {}
+        for value, selectors in mapping.items():
+            mask = np.zeros(slicer.util.arrayFromVolume(volume_node).shape, bool)
+            for selector in selectors:
+                segment_id = selector if segmentation.GetSegment(selector) else \
+                    segmentation.GetSegmentIdBySegmentName(selector)
+                if not segment_id:
+                    raise ValueError(f"{segmentation_node.GetName()} has no segment {selector!r}")
+                mask |= self.segment_mask(segmentation_node, segment_id, volume_node)
+            masks[value] = mask
+        return masks
+
+    @staticmethod
+    def default_mapping(segmentation_node) -> dict[int, list[str]]:
+        """Segments matched to CovidSeg labels by name ("left lung", "Right lung", "infection", ...)."""
+        segmentation = segmentation_node.GetSegmentation()
+        mapping: dict[int, list[str]] = {}
+        for index in range(segmentation.GetNumberOfSegments()):
+            segment_id = segmentation.GetNthSegmentID(index)
+            try:
+                label = label_by_name(segmentation.GetSegment(segment_id).GetName())
+            except ValueError:
+                continue
+            mapping.setdefault(label.value, []).append(segment_id)
+        return mapping
+
+    # ---- compare -----------------------------------------------------------------------------------------
+    def compare(self, segmentation_node, reference_node, volume_node,
+                reference_mapping: Mapping[int, Sequence[str]] | None = None, table_node=None):
+        """Dice, NSD, HD95 and volumes per structure into a table node (CovidSegLib's metrics)."""
+        from CovidSegLib.evaluation import compare_masks
+
+        reference_mapping = reference_mapping or self.default_mapping(reference_node)
+        if not reference_mapping:
+            raise ValueError(f"say which segments of {reference_node.GetName()} are the lungs and infection")
+        predicted = self.masks_by_label(segmentation_node, self.default_mapping(segmentation_node), volume_node)
+        referenced = self.masks_by_label(reference_node, reference_mapping, volume_node)
+        metrics = compare_masks(predicted, referenced, geometry_from_volume_node(volume_node))
+        columns = (("Dice", "dice"), ("NSD", "nsd"), ("NSD tolerance (mm)", "nsd_tolerance_mm"),
+                   ("HD95 (mm)", "hd95_mm"), ("Jaccard", "jaccard"), ("Sensitivity", "sensitivity"),
+                   ("Specificity", "specificity"), ("Predicted volume (mL)", "predicted_volume_ml"),
+                   ("Reference volume (mL)", "reference_volume_ml"))
+        rows = [[name] + [getattr(m, key) for _, key in columns] for name, m in metrics.items()]
+        return self._fill_table(table_node, "CovidSeg comparison", ["Structure"] + [c for c, _ in columns], rows)
+
+    # ---- quantify ----------------------------------------------------------------------------------------
+    def quantify(self, segmentation_node, volume_node, table_node=None):
+        """Lung and infection volumes, % involved per lung, mean HU and the severity estimate into a table."""
+        from CovidSegLib.quantification import quantify
+
+        masks = self.masks_by_label(segmentation_node, self.default_mapping(segmentation_node), volume_node)
+        labels = np.zeros(slicer.util.arrayFromVolume(volume_node).shape, np.uint8)
+        for value in sorted(masks):  # infection (3) last: it overrides the lung it lies in
+            labels[masks[value]] = value
+        hu = np.asarray(slicer.util.arrayFromVolume(volume_node))
+        result = quantify(labels, geometry_from_volume_node(volume_node), hu)
+        header = ["Region", "Volume (mL)", "Infection (mL)", "Involvement (%)", "Healthy lung mean HU",
+                  "Infection mean HU"]
+        rows = [[name, f.volume_ml, f.infection_ml, f.involvement_percent, f.healthy_mean_hu, f.infection_mean_hu]
+                for name, f in (("Left lung", result.left), ("Right lung", result.right),
+                                ("Both lungs", result.total))]
+        table = self._fill_table(table_node, "CovidSeg quantification", header, rows)
+        table.SetAttribute("CovidSeg.Severity", result.severity)
+        table.SetAttribute("CovidSeg.SeverityNote", result.severity_note)
+        table.SetAttribute("CovidSeg.Bilateral", str(result.bilateral))
+        table.SetAttribute("CovidSeg.Warnings", " | ".join(result.warnings))
+        return table, result
+
+    def _fill_table(self, table_node, name: str, header: list[str], rows: list[list]):
+        if table_node is None:
+            table_node = self.scene.AddNewNodeByClass("vtkMRMLTableNode", name)
+        table = table_node.GetTable()
+        table.Initialize()
+        for column, title in enumerate(header):
+            array = vtk.vtkStringArray() if column == 0 else vtk.vtkDoubleArray()
+            array.SetName(title)
+            table.AddColumn(array)
+        table.SetNumberOfRows(len(rows))
+        for r, row in enumerate(rows):
+            for c, value in enumerate(row):
+                table.SetValue(r, c, vtk.vtkVariant(value if c == 0 else float(value)))
+        table_node.Modified()
+        return table_node
+

@@ -1,0 +1,127 @@
+"""How much of each lung is involved: volumes, involvement, mean HU, laterality, and a severity category.
+
+Conventions:
+- A lung's volume includes the infection inside it. Infection voxels are attributed to a lung by splitting the
+  whole lungs (infection included) into left and right, so involvement is reported per lung even though the
+  label map stores infection as one label.
+- Severity follows MosMedData's CT-0..CT-4 on the involvement of both lungs together, with half-open bands:
+  CT-0 no involvement, CT-1 (0, 25) %, CT-2 [25, 50) %, CT-3 [50, 75] %, CT-4 (75, 100] %. It is an automatic
+  estimate from an automatic segmentation, and every output says so.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from .labels import CONSOLIDATION, GGO, INFECTION_VALUES, LEFT_LUNG, RIGHT_LUNG
+from .lateral import split_left_right
+from .volume import Geometry
+
+SEVERITY_NOTE = "automatic estimate from an automatic segmentation; not a diagnosis, review the images"
+#: Adult total lung volumes outside this range (mL) point at a failed segmentation or an unusual scan.
+PLAUSIBLE_TOTAL_LUNG_ML = (1000.0, 10000.0)
+
+
+@dataclass(frozen=True)
+class LungFigures:
+    volume_ml: float  # lung including its infection
+    infection_ml: float
+    involvement_percent: float
+    healthy_mean_hu: float
+    infection_mean_hu: float
+
+
+@dataclass
+class Quantification:
+    left: LungFigures
+    right: LungFigures
+    total: LungFigures
+    bilateral: bool
+    severity: str
+    severity_note: str = SEVERITY_NOTE
+    ggo_ml: float | None = None
+    consolidation_ml: float | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def severity_category(involvement_percent: float) -> str:
+    """MosMedData CT-0..CT-4 from the percentage of both lungs involved (bands in the module docstring)."""
+    if not involvement_percent > 0:
+        return "CT-0"
+    if involvement_percent < 25:
+        return "CT-1"
+    if involvement_percent < 50:
+        return "CT-2"
+    if involvement_percent <= 75:
+        return "CT-3"
+    return "CT-4"
+
+
+def attribute_infection(labels: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """Lung side (1 left, 2 right) of every lung or infection voxel.
+
+    Lung voxels keep their label. Infection voxels take the side of the whole-lung split (lungs with their
+    infection, :func:`split_left_right`), not of the nearest lung label: a fully consolidated slab of one
+    lung can lie closer, in-plane, to the other lung than to the rest of its own.
+    """
+    sides = np.where(np.isin(labels, (LEFT_LUNG, RIGHT_LUNG)), labels, 0).astype(np.uint8)
+    infection = np.isin(labels, INFECTION_VALUES)
+    if infection.any():
+        sides[infection] = split_left_right((sides > 0) | infection, geometry)[infection]
+    return sides
+
+
+def _figures(in_lung: np.ndarray, infected: np.ndarray, hu: np.ndarray | None, voxel_ml: float) -> LungFigures:
+    lung_voxels = int(np.count_nonzero(in_lung))
+    infected_voxels = int(np.count_nonzero(infected & in_lung))
+
+    def mean_hu(mask: np.ndarray) -> float:
+        return float(hu[mask].mean()) if hu is not None and mask.any() else math.nan
+
+    return LungFigures(
+        volume_ml=lung_voxels * voxel_ml,
+        infection_ml=infected_voxels * voxel_ml,
+        involvement_percent=100.0 * infected_voxels / lung_voxels if lung_voxels else math.nan,
+        healthy_mean_hu=mean_hu(in_lung & ~infected),
+        infection_mean_hu=mean_hu(in_lung & infected),
+    )
+
+
+def quantify(labels: np.ndarray, geometry: Geometry, hu: np.ndarray | None = None) -> Quantification:
+    """Figures for one case from its label map (and the CT in HU on the same grid, for mean HU)."""
+    if hu is not None and hu.shape != labels.shape:
+        raise ValueError(f"CT {hu.shape} and labels {labels.shape} are not on the same grid")
+    voxel_ml = geometry.voxel_volume_ml
+    sides = attribute_infection(labels, geometry)
+    infected = np.isin(labels, INFECTION_VALUES)
+    left = _figures(sides == LEFT_LUNG, infected, hu, voxel_ml)
+    right = _figures(sides == RIGHT_LUNG, infected, hu, voxel_ml)
+    total = _figures(sides > 0, infected, hu, voxel_ml)
+    has_fine_classes = bool(np.isin(labels, (GGO, CONSOLIDATION)).any())
+    warnings = []
+    low, high = PLAUSIBLE_TOTAL_LUNG_ML
+    if total.volume_ml == 0:
+        warnings.append("no lung found: check that the image is a chest CT")
+    elif not low <= total.volume_ml <= high:
+        warnings.append(f"total lung volume {total.volume_ml:.0f} mL is outside the usual adult range "
+                        f"{low / 1000:g}-{high / 1000:g} L: check the segmentation and the scan's extent")
+    lungs = sides > 0
+    if lungs.any() and (lungs[0].any() or lungs[-1].any()):
+        warnings.append("lung reaches the first or last slice: the scan may not cover both lungs, volumes are "
+                        "then too small")
+    return Quantification(
+        left=left,
+        right=right,
+        total=total,
+        bilateral=left.infection_ml > 0 and right.infection_ml > 0,
+        severity=severity_category(total.involvement_percent),
+        ggo_ml=float(np.count_nonzero(labels == GGO)) * voxel_ml if has_fine_classes else None,
+        consolidation_ml=float(np.count_nonzero(labels == CONSOLIDATION)) * voxel_ml if has_fine_classes else None,
+        warnings=warnings,
+    )

@@ -1,0 +1,116 @@
+"""Reports on real volumes: figures equal direct voxel counts, pictures are real PNGs, the HTML renders in
+headless Chromium, and a cohort run gives one CSV row per case with an error row for a bad file."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from CovidSegLib.intensity import prepare_ct
+from CovidSegLib.lateral import lps_left_coordinate
+from CovidSegLib.reading import read_segmentation, read_volume
+from CovidSegLib.report import labels_for_ct, write_report
+from CovidSegLib.writing import write_label_map
+
+from conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def reported(volumes: Path, tmp_path_factory) -> tuple[Path, np.ndarray, object]:
+    """Report of the real CTChest with its expert lungs and a lesion placed in the left lung."""
+    ct = prepare_ct(read_volume(volumes / "ctchest4.nrrd"))
+    layer = read_segmentation(volumes / "ctchest4.seg.nrrd").layers[0]
+    labels = np.zeros(layer.shape, np.uint8)
+    labels[layer == 6], labels[layer == 5] = 1, 2
+    left = np.argwhere(labels == 1)
+    lateral = np.argsort(lps_left_coordinate(ct.geometry, left))[::-1][:3000]  # far from where the lungs touch
+    labels[tuple(left[lateral].T)] = 3
+    folder = tmp_path_factory.mktemp("labels")
+    labels_path = write_label_map(labels, ct.geometry, folder / "ctchest4.seg.nrrd")
+    out = tmp_path_factory.mktemp("report")
+    result = run_cli("report", str(volumes / "ctchest4.nrrd"), str(labels_path), "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    return out, labels, ct
+
+
+def test_report_volumes_equal_voxel_counts(reported) -> None:
+    out, labels, ct = reported
+    document = json.loads((out / "report.json").read_text())
+    voxel_ml = np.prod(ct.geometry.spacing) / 1000
+    assert document["total"]["volume_ml"] == pytest.approx(np.count_nonzero(labels) * voxel_ml)
+    assert document["total"]["infection_ml"] == pytest.approx(3000 * voxel_ml)
+    assert document["left"]["infection_ml"] == pytest.approx(3000 * voxel_ml)
+    assert document["severity"] == "CT-1" and "automatic estimate" in document["severity_note"]
+    row = next(csv.DictReader((out / "case.csv").open()))
+    assert row["status"] == "ok" and float(row["infection_ml"]) == pytest.approx(3000 * voxel_ml, abs=1e-3)
+
+
+def test_report_volumes_on_totalsegmentator_lobes(volumes: Path, tmp_path: Path) -> None:
+    ct = prepare_ct(read_volume(volumes / "totalseg_example_ct_sm.nii.gz"))
+    lobes = read_segmentation(volumes / "totalseg_example_ct_sm_seg.nii.gz").layers[0]
+    labels = np.where(np.isin(lobes, [10, 11]), 1, np.where(np.isin(lobes, [12, 13, 14]), 2, 0)).astype(np.uint8)
+    labels_path = write_label_map(labels, ct.geometry, tmp_path / "labels.nii.gz")
+    assert np.array_equal(labels_for_ct(labels_path, ct), labels)
+    write_report(ct, labels, tmp_path / "out", "totalseg")
+    document = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert document["left"]["volume_ml"] == pytest.approx(np.count_nonzero(labels == 1) * 0.027)
+    assert document["right"]["volume_ml"] == pytest.approx(np.count_nonzero(labels == 2) * 0.027)
+    assert any("outside the usual adult range" in w for w in document["warnings"])  # a 9 cm crop of the lungs
+
+
+def test_pictures_are_real_pngs_with_the_overlay(reported) -> None:
+    out, _, _ = reported
+    for name in ("axial.png", "coronal.png", "sagittal.png"):
+        image = np.asarray(Image.open(out / name).convert("RGB")).astype(int)
+        assert image.shape[0] > 300 and image.shape[1] > 300
+        red = (image[..., 0] > image[..., 1] + 60) & (image[..., 0] > image[..., 2] + 60)
+        blue = (image[..., 2] > image[..., 0] + 40)
+        assert blue.any(), f"{name}: no lung overlay"
+        if name == "axial.png":
+            assert red.any(), "the mosaic must show the infection"
+
+
+def test_html_renders_in_headless_chromium(reported, tmp_path: Path) -> None:
+    out, _, _ = reported
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("Chromium is not installed (scripts/test.sh installs it where apt-get is available)")
+    result = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'p'}",
+         "--dump-dom", (out / "report.html").as_uri()], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    dom = result.stdout
+    assert 'id="severity"' in dom and "CT-1" in dom and dom.count("<img") == 3
+    shot = tmp_path / "page.png"
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                    "--no-first-run", f"--user-data-dir={tmp_path / 'q'}", f"--screenshot={shot}",
+                    "--window-size=1200,1600", (out / "report.html").as_uri()], capture_output=True, timeout=120)
+    picture = np.asarray(Image.open(shot).convert("L"))
+    assert picture.std() > 20, "the rendered page must not be blank"
+
+
+def test_cohort_gives_one_row_per_case_and_an_error_row(volumes: Path, reported, tmp_path: Path) -> None:
+    out, labels, ct = reported
+    cts, segs = tmp_path / "cts", tmp_path / "labels"
+    cts.mkdir()
+    segs.mkdir()
+    shutil.copy(volumes / "ctchest4.nrrd", cts / "a.nrrd")
+    shutil.copy(volumes / "ctchest4.nrrd", cts / "b.nrrd")
+    shutil.copy(volumes / "highdicom_ct_image.dcm", cts / "c.dcm")
+    write_label_map(labels, ct.geometry, segs / "a.seg.nrrd")
+    write_label_map(labels, ct.geometry, segs / "b.nii.gz")
+    result = run_cli("report", str(cts), str(segs), "-o", str(tmp_path / "out"))
+    assert result.returncode == 3 and "c.dcm: 2D image" in result.stderr
+    rows = list(csv.DictReader((tmp_path / "out" / "cases.csv").open()))
+    assert [r["case"] for r in rows] == ["a", "b", "c"]
+    assert rows[0]["status"] == rows[1]["status"] == "ok" and rows[2]["status"].startswith("error: ")
+    assert rows[0]["lungs_ml"] == rows[1]["lungs_ml"]
+    assert (tmp_path / "out" / "a" / "report.html").is_file()

@@ -1,0 +1,142 @@
+"""The Slicer module's Logic on Slicer's real MRML (slicer-core), with real CT loaded by Slicer's readers."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import PROJECT_ROOT
+
+slicer = pytest.importorskip("slicer")
+torch = pytest.importorskip("torch")
+sys.path.insert(0, str(PROJECT_ROOT / "CovidSeg"))
+
+from CovidSegLogic import CovidSegLogic, geometry_from_volume_node  # noqa: E402
+
+from CovidSegLib.errors import Cancelled, InputError  # noqa: E402
+from CovidSegLib.evaluation import evaluate_case  # noqa: E402
+from CovidSegLib.labels import OUTPUT_LABELS, slicer_terminology_string  # noqa: E402
+from CovidSegLib.reading import read_volume  # noqa: E402
+
+
+def load_volume(scene, path: Path):
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", path.name)
+    storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    storage.SetFileName(str(path))
+    assert storage.ReadData(node), f"Slicer could not read {path}"
+    return node
+
+
+def load_segmentation(scene, path: Path):
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", path.name)
+    storage = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
+    storage.SetFileName(str(path))
+    assert storage.ReadData(node)
+    return node
+
+
+@pytest.fixture()
+def scene():
+    return slicer.vtkMRMLScene()
+
+
+def test_geometry_of_a_slicer_volume_node_matches_covidseglib(scene, volumes: Path) -> None:
+    for name in ("ctchest4.nrrd", "totalseg_example_ct_sm.nii.gz"):
+        node = load_volume(scene, volumes / name)
+        assert geometry_from_volume_node(node).matches(read_volume(volumes / name).geometry, tolerance_mm=1e-4)
+
+
+@pytest.fixture(scope="module")
+def logic_model() -> str:
+    """The bundled default model: Logic tests check real results, not only mechanics."""
+    from CovidSegLib.model import BUNDLED_CARD
+
+    return str(BUNDLED_CARD)
+
+
+def test_segment_creates_named_segments_on_the_volume_grid(scene, volumes: Path, logic_model: str) -> None:
+    volume = load_volume(scene, volumes / "ctchest4.nrrd")
+    logic = CovidSegLogic(scene)
+    fractions: list[float] = []
+    segmentation_node = logic.segment(volume, model_path=logic_model, progress=lambda f: fractions.append(f) and False)
+    assert fractions[0] == 0.0 and fractions[-1] == 1.0
+    segmentation = segmentation_node.GetSegmentation()
+    segments = [segmentation.GetNthSegment(i) for i in range(segmentation.GetNumberOfSegments())]
+    assert [s.GetName() for s in segments] == [info.name for info in OUTPUT_LABELS]
+    assert [s.GetTerminology() for s in segments] == [slicer_terminology_string(info) for info in OUTPUT_LABELS]
+    geometry = segmentation_node.GetSegmentation().GetConversionParameter("Reference image geometry")
+    assert geometry, "reference geometry must be set so DICOM SEG export works"
+    left = logic.segment_mask(segmentation_node, "left_lung", volume)
+    assert left.shape == slicer.util.arrayFromVolume(volume).shape
+
+
+def test_lungs_are_found_where_the_reference_has_them(scene, volumes: Path, logic_model: str, tmp_path: Path) -> None:
+    volume = load_volume(scene, volumes / "ctchest4.nrrd")
+    reference = load_segmentation(scene, volumes / "ctchest4.seg.nrrd")
+    logic = CovidSegLogic(scene)
+    segmentation_node = logic.segment(volume, model_path=logic_model)
+    table = logic.compare(segmentation_node, reference, volume)
+    rows = {table.GetTable().GetValue(r, 0).ToString(): r for r in range(table.GetNumberOfRows())}
+    dice = {name: table.GetTable().GetValue(row, 1).ToDouble() for name, row in rows.items()}
+    assert dice["lungs"] > 0.9 and dice["left_lung"] > 0.85 and dice["right_lung"] > 0.85, dice
+
+    # Compare's Dice equals `covidseg evaluate` on the same data
+    from CovidSegLib.writing import write_label_map
+
+    masks = logic.masks_by_label(segmentation_node, logic.default_mapping(segmentation_node), volume)
+    labels = np.zeros(next(iter(masks.values())).shape, np.uint8)
+    for value in sorted(masks):
+        labels[masks[value]] = value
+    written = write_label_map(labels, geometry_from_volume_node(volume), tmp_path / "pred.seg.nrrd")
+    case = evaluate_case(written, volumes / "ctchest4.seg.nrrd")
+    for name in ("left_lung", "right_lung", "lungs"):
+        assert dice[name] == pytest.approx(case.metrics[name].dice, abs=1e-9)
+
+
+def test_compare_uses_the_chosen_reference_segments(scene, volumes: Path, logic_model: str) -> None:
+    volume = load_volume(scene, volumes / "ctchest4.nrrd")
+    reference = load_segmentation(scene, volumes / "ctchest4.seg.nrrd")
+    logic = CovidSegLogic(scene)
+    swapped = logic.compare(reference, reference, volume,
+                            reference_mapping={1: ["right lung"], 2: ["left lung"]})
+    # the reference against itself, with left and right swapped: lungs overall still agree, each side does not
+    assert swapped.GetTable().GetValue(2, 1).ToDouble() == pytest.approx(1.0)
+    assert swapped.GetTable().GetValue(0, 1).ToDouble() == pytest.approx(0.0)
+
+
+def test_quantify_volumes_match_voxel_counts(scene, volumes: Path, logic_model: str) -> None:
+    volume = load_volume(scene, volumes / "ctchest4.nrrd")
+    logic = CovidSegLogic(scene)
+    segmentation_node = logic.segment(volume, model_path=logic_model)
+    table, result = logic.quantify(segmentation_node, volume)
+    voxel_ml = np.prod(volume.GetSpacing()) / 1000
+    left = logic.segment_mask(segmentation_node, "left_lung", volume)
+    infection = logic.segment_mask(segmentation_node, "infection", volume)
+    right = logic.segment_mask(segmentation_node, "right_lung", volume)
+    total_ml = (left.sum() + right.sum() + infection.sum()) * voxel_ml
+    assert table.GetTable().GetValue(2, 1).ToDouble() == pytest.approx(total_ml)
+    assert table.GetTable().GetValue(2, 2).ToDouble() == pytest.approx(infection.sum() * voxel_ml)
+    assert table.GetAttribute("CovidSeg.Severity") == result.severity
+    assert "automatic estimate" in table.GetAttribute("CovidSeg.SeverityNote")
+
+
+def test_bad_input_gets_the_library_message(scene, volumes: Path, logic_model: str) -> None:
+    logic = CovidSegLogic(scene)
+    single = load_volume(scene, volumes / "highdicom_ct_image.dcm")
+    with pytest.raises(InputError, match="2D image"):
+        logic.segment(single, model_path=logic_model)
+    volume = load_volume(scene, volumes / "ctchest4.nrrd")
+    slicer.util.updateVolumeFromArray(volume, slicer.util.arrayFromVolume(volume) + 3024)
+    with pytest.raises(InputError, match="not in Hounsfield units"):
+        logic.segment(volume, model_path=logic_model)
+    assert scene.GetNodesByClass("vtkMRMLSegmentationNode").GetNumberOfItems() == 0
+
+
+def test_cancel_leaves_no_segmentation(scene, volumes: Path, logic_model: str) -> None:
+    volume = load_volume(scene, volumes / "ctchest4.nrrd")
+    with pytest.raises(Cancelled):
+        CovidSegLogic(scene).segment(volume, model_path=logic_model, progress=lambda f: f > 0.2)
+    assert scene.GetNodesByClass("vtkMRMLSegmentationNode").GetNumberOfItems() == 0
