@@ -11,8 +11,8 @@ import numpy as np
 from scipy import ndimage
 
 from .labels import INFECTION, LEFT_LUNG, RIGHT_LUNG
-from .lateral import split_left_right
-from .preprocessing import ANALYSIS_STRIDE, _body_mask_2d
+from .lateral import bounding_box, split_left_right
+from .preprocessing import body_mask_2d, analysis_stride
 from .volume import Geometry
 
 #: A lung component smaller than this fraction of the largest one is noise.
@@ -23,25 +23,37 @@ MIN_INSIDE_BODY_FRACTION = 0.5
 MIN_INFECTION_MM3 = 10.0
 
 
-def body_mask(volume_hu: np.ndarray) -> np.ndarray:
-    """Per-slice body masks at ``ANALYSIS_STRIDE`` subsampling (rows and columns), ``[slices, rows/s, cols/s]``."""
-    sample = volume_hu[:, ::ANALYSIS_STRIDE, ::ANALYSIS_STRIDE]
-    return np.stack([_body_mask_2d(s) for s in sample]) if len(sample) else np.zeros(sample.shape, bool)
+def body_mask(volume_hu: np.ndarray, stride: int) -> np.ndarray:
+    """Per-slice body masks sampled every ``stride`` rows and columns, ``[slices, rows/stride, cols/stride]``."""
+    sample = volume_hu[:, ::stride, ::stride]
+    return np.stack([body_mask_2d(s) for s in sample]) if len(sample) else np.zeros(sample.shape, bool)
 
 
-def keep_lung_components(lungs: np.ndarray, body: np.ndarray | None) -> np.ndarray:
-    """Drop components that are tiny next to the largest, or lie mostly outside the body."""
-    components, count = ndimage.label(lungs)
-    if count == 0:
+def keep_lung_components(lungs: np.ndarray, body: np.ndarray | None, stride: int = 1) -> np.ndarray:
+    """Drop components that are tiny next to the largest, or lie mostly outside the body.
+
+    ``body`` is the per-slice body mask sampled every ``stride`` rows and columns. Components are labelled on
+    the lungs' bounding box only, so a large CT does not need a full int32 copy.
+    """
+    if not lungs.any():
         return lungs
+    box = bounding_box(lungs)
+    components, count = ndimage.label(lungs[box])
     sizes = np.bincount(components.ravel())[1:]
     keep = sizes >= MIN_COMPONENT_FRACTION * sizes.max()
     if body is not None:
-        sampled = components[:, ::ANALYSIS_STRIDE, ::ANALYSIS_STRIDE]
-        inside = np.bincount(sampled[body], minlength=count + 1)[1:]
+        # the voxels of the box that lie on the body mask's sampling grid
+        rows = np.arange(box[1].start, box[1].stop)
+        cols = np.arange(box[2].start, box[2].stop)
+        rows, cols = rows[rows % stride == 0], cols[cols % stride == 0]
+        sampled = components[:, rows - box[1].start][:, :, cols - box[2].start]
+        on_body = body[box[0]][:, rows // stride][:, :, cols // stride]
+        inside = np.bincount(sampled[on_body], minlength=count + 1)[1:]
         total = np.bincount(sampled.ravel(), minlength=count + 1)[1:]
         keep &= (total == 0) | (inside >= MIN_INSIDE_BODY_FRACTION * np.maximum(total, 1))
-    return np.isin(components, np.flatnonzero(keep) + 1)
+    kept = np.zeros_like(lungs)
+    kept[box] = np.isin(components, np.flatnonzero(keep) + 1)
+    return kept
 
 
 def fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
@@ -55,8 +67,9 @@ def postprocess(
     lungs: np.ndarray, infection: np.ndarray, geometry: Geometry, volume_hu: np.ndarray | None = None
 ) -> np.ndarray:
     """Label map (1 left lung, 2 right lung, 3 infection) from raw canonical-orientation masks."""
-    body = body_mask(volume_hu) if volume_hu is not None else None
-    lungs = keep_lung_components(lungs | infection, body)
+    stride = analysis_stride(float(np.mean(geometry.spacing[:2])))
+    body = body_mask(volume_hu, stride) if volume_hu is not None else None
+    lungs = keep_lung_components(lungs | infection, body, stride)
     sides = split_left_right(lungs, geometry)
     labels = np.zeros(lungs.shape, dtype=np.uint8)
     for side in (LEFT_LUNG, RIGHT_LUNG):

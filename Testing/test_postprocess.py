@@ -1,0 +1,59 @@
+"""Post-processing on the real CTChest lungs: what lungmask gets wrong must come out right here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from CovidSegLib.labels import INFECTION, LEFT_LUNG, RIGHT_LUNG
+from CovidSegLib.orientation import to_canonical
+from CovidSegLib.postprocess import postprocess
+from CovidSegLib.reading import read_segmentation, read_volume
+from CovidSegLib.volume import Volume
+
+
+@pytest.fixture(scope="module")
+def canonical_case(volumes: Path):
+    ct, plan = to_canonical(read_volume(volumes / "ctchest4.nrrd"))
+    reference = read_segmentation(volumes / "ctchest4.seg.nrrd")
+    layer = plan.to_canonical(reference.layers[0])
+    return ct, layer
+
+
+def test_spurious_components_holes_and_stray_infection(canonical_case) -> None:
+    ct, layer = canonical_case
+    lungs = (layer == 5) | (layer == 6)
+    raw_lungs = lungs.copy()
+    raw_lungs[15:25, 0:10, 50:80] = True  # "lung" in the air in front of the patient (outside the body)
+    raw_lungs[3, 64, 64] = True  # a speck
+    k, j, i = np.argwhere(layer == 6)[len(np.argwhere(layer == 6)) // 2]
+    hole = np.zeros_like(lungs)
+    hole[k, j - 2:j + 3, i - 2:i + 3] = True
+    raw_lungs &= ~hole  # dense infection the network did not call lung
+    infection = hole.copy()
+    infection[20, 5, 60] = True  # "infection" outside any lung
+    labels = postprocess(raw_lungs, infection, ct.geometry, ct.array)
+    assert not labels[15:25, 0:10, 50:80].any(), "component outside the body must go"
+    assert labels[3, 64, 64] == 0, "specks must go"
+    assert labels[20, 5, 60] == 0, "infection only inside the lungs"
+    assert (labels[hole] == INFECTION).all(), "the hole is lung, and infected"
+    found = labels > 0
+    dice = 2 * np.sum(found & lungs) / (found.sum() + lungs.sum())
+    assert dice > 0.995
+
+
+def test_sides_follow_patient_space(canonical_case) -> None:
+    ct, layer = canonical_case
+    labels = postprocess((layer == 5) | (layer == 6), np.zeros(layer.shape, bool), ct.geometry, ct.array)
+    for side, code in ((LEFT_LUNG, 6), (RIGHT_LUNG, 5)):
+        dice = 2 * np.sum((labels == side) & (layer == code)) / (np.sum(labels == side) + np.sum(layer == code))
+        assert dice > 0.98
+
+
+def test_no_lung_gives_empty_labels(canonical_case) -> None:
+    ct, layer = canonical_case
+    empty = np.zeros(layer.shape, bool)
+    assert not postprocess(empty, empty, ct.geometry, ct.array).any()
+    assert isinstance(ct, Volume)
