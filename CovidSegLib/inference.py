@@ -19,7 +19,7 @@ from .errors import Cancelled, CovidSegError
 from .model import LoadedModel
 from .orientation import from_canonical, to_canonical
 from .postprocess import postprocess
-from .preprocessing import body_box, candidate_slices, window_to_unit
+from .preprocessing import Box, body_box, candidate_slices, window_to_unit
 from .volume import Volume
 
 #: Called with the fraction done (0..1); returning True cancels the run.
@@ -27,6 +27,16 @@ ProgressCallback = Callable[[float], Optional[bool]]
 
 DEFAULT_BATCH = {"cuda": 32, "mps": 8, "cpu": 8}
 AIR_HU = -1024
+
+
+@dataclass(frozen=True)
+class EngineSwitches:
+    """The work-saving ideas, each switchable so the benchmark can measure what it pays (all on by default)."""
+
+    crop_to_body: bool = True
+    skip_slices_without_air: bool = True
+    prefetch_next_batch: bool = True
+    channels_last: bool = True
 
 
 @dataclass
@@ -74,7 +84,8 @@ def is_out_of_memory(error: BaseException) -> bool:
 class SliceSegmenter:
     """Runs one model on batches of canonical slices; halves the batch and retries on out-of-memory."""
 
-    def __init__(self, model: LoadedModel, device: "torch.device", batch_size: int | None = None) -> None:  # noqa: F821
+    def __init__(self, model: LoadedModel, device: "torch.device", batch_size: int | None = None,  # noqa: F821
+                 channels_last: bool = True) -> None:
         import torch
 
         self.torch = torch
@@ -82,7 +93,8 @@ class SliceSegmenter:
         self.device = device
         self.batch_size = batch_size or DEFAULT_BATCH.get(device.type, 8)
         self.network = model.network.to(device).eval()
-        if device.type == "cpu":
+        self.channels_last = channels_last and device.type == "cpu"
+        if self.channels_last:
             self.network = self.network.to(memory_format=torch.channels_last)  # ~25% faster convolutions on CPU
         self.lungs_channel = self.card.output_index("lungs")
         self.infection_channel = self.card.output_index("infection")
@@ -100,7 +112,7 @@ class SliceSegmenter:
         """Lung and infection masks at crop resolution for one prepared batch."""
         torch = self.torch
         batch = batch.to(self.device, non_blocking=True)
-        if self.device.type == "cpu":
+        if self.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.float16,
                                                     enabled=self.device.type == "cuda"):
@@ -127,6 +139,23 @@ class SliceSegmenter:
             return self.predict_with_retry(batch, side)
 
 
+class _InlineExecutor:
+    """Runs "submitted" work at once, in this thread: the engine without its prefetch thread."""
+
+    def __enter__(self) -> "_InlineExecutor":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def submit(self, function, *args):
+        from concurrent.futures import Future
+
+        future: Future = Future()
+        future.set_result(function(*args))
+        return future
+
+
 def _logit(probability: float) -> float:
     return float(np.log(probability / (1.0 - probability)))
 
@@ -137,15 +166,16 @@ def segment_volume(
     device: str = "auto",
     batch_size: int | None = None,
     progress: ProgressCallback | None = None,
+    switches: EngineSwitches = EngineSwitches(),
 ) -> SegmentationResult:
     """Segment a validated CT in HU (see :func:`CovidSegLib.intensity.prepare_ct`); labels on its exact grid."""
     started = time.perf_counter()
     canonical, plan = to_canonical(volume)
     hu = canonical.array
-    spacing = canonical.geometry.spacing
-    box = body_box(hu)
-    slices = candidate_slices(hu, spacing[0] * spacing[1])
-    segmenter = SliceSegmenter(model, select_device(device), batch_size)
+    pixel_mm = float(np.mean(canonical.geometry.spacing[:2]))
+    box = body_box(hu, pixel_mm) if switches.crop_to_body else Box(0, 0, max(hu.shape[1:]))
+    slices = candidate_slices(hu, pixel_mm) if switches.skip_slices_without_air else np.arange(hu.shape[0])
+    segmenter = SliceSegmenter(model, select_device(device), batch_size, switches.channels_last)
     lungs = np.zeros(hu.shape, dtype=bool)
     infection = np.zeros(hu.shape, dtype=bool)
     analysed = time.perf_counter()
@@ -155,7 +185,7 @@ def segment_volume(
             raise Cancelled(f"{volume.source}: segmentation cancelled")
 
     report(0.0)
-    with ThreadPoolExecutor(max_workers=1) as worker:
+    with ThreadPoolExecutor(max_workers=1) if switches.prefetch_next_batch else _InlineExecutor() as worker:
         position = 0
         size = segmenter.batch_size
         pending = worker.submit(segmenter.prepare, hu[slices[:size]], box) if len(slices) else None

@@ -12,7 +12,7 @@ from .inference import ProgressCallback, SegmentationResult, segment_volume
 from .intensity import DEFAULT_WINDOW, IntensityMode, prepare_ct
 from .model import LoadedModel
 from .reading import has_volume_suffix, is_segmentation_file, read_volume
-from .writing import LABEL_SUFFIXES, output_suffix, write_label_map
+from .writing import LABEL_SUFFIXES, check_not_protected, output_suffix, write_label_map
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,8 @@ def output_path_for(ct: Path, out: Path, output_format: str, batch: bool) -> Pat
 def segment_file(ct: Path, output: Path, model: LoadedModel, options: SegmentOptions,
                  progress: ProgressCallback | None = None) -> SegmentationResult:
     """Read, check, segment and write one case; the output appears only when all of it succeeded."""
-    output_suffix(output)  # refuse an unknown format before any work
+    output_suffix(output)  # refuse an unknown format, or overwriting the input, before any work
+    check_not_protected(output, [ct])
     volume = prepare_ct(read_volume(ct), options.intensity, options.window)
     result = segment_volume(volume, model, options.device, options.batch_size, progress)
     write_label_map(result.labels, volume.geometry, output, protected=[ct])

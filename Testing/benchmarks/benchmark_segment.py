@@ -7,6 +7,8 @@ outside the repository. Each mode runs in its own process, so its peak RSS is it
 - ``covidseg``: the product path, read -> checks -> body crop, lung-slice skipping, batched channels-last
   inference with the next batch prepared on a worker thread -> post-processing -> ``.seg.nrrd`` written.
 - ``baseline``: the same network and post-processing, float32, one whole slice at a time, no crop, no skipping.
+- ablations (``--modes covidseg,no-crop,no-skip,no-prefetch,no-channels-last``): the product path with one idea
+  switched off, to see what each idea pays.
 Prints seconds end to end (read to labels written), slices/s, peak RSS and the speed-up. Not a test: no asserts.
 """
 
@@ -58,6 +60,31 @@ def run_covidseg(ct: Path, out: Path, model_path: str | None, device: str) -> di
             "device": result.device, "stages": result.seconds}
 
 
+ABLATIONS = {
+    "no-crop": {"crop_to_body": False},
+    "no-skip": {"skip_slices_without_air": False},
+    "no-prefetch": {"prefetch_next_batch": False},
+    "no-channels-last": {"channels_last": False},
+}
+
+
+def run_ablation(ct: Path, out: Path, model_path: str | None, device: str, switches: dict) -> dict:
+    """The product path with one idea switched off: what that idea pays is the difference to ``covidseg``."""
+    from CovidSegLib.inference import EngineSwitches, segment_volume
+    from CovidSegLib.intensity import prepare_ct
+    from CovidSegLib.model import load_model
+    from CovidSegLib.reading import read_volume
+    from CovidSegLib.writing import write_label_map
+
+    model = load_model(model_path)
+    started = time.perf_counter()
+    volume = prepare_ct(read_volume(ct))
+    result = segment_volume(volume, model, device, switches=EngineSwitches(**switches))
+    write_label_map(result.labels, volume.geometry, out)
+    return {"seconds": time.perf_counter() - started, "slices_inferred": result.slices_inferred,
+            "device": result.device, "stages": result.seconds}
+
+
 def run_baseline(ct: Path, out: Path, model_path: str | None, device: str) -> dict:
     import numpy as np
     import torch
@@ -99,8 +126,11 @@ def run_baseline(ct: Path, out: Path, model_path: str | None, device: str) -> di
 
 def child(mode: str, ct: Path, model: str | None, device: str) -> None:
     with tempfile.TemporaryDirectory() as folder:
-        runner = run_covidseg if mode == "covidseg" else run_baseline
-        result = runner(ct, Path(folder) / "labels.seg.nrrd", model, device)
+        out = Path(folder) / "labels.seg.nrrd"
+        if mode in ABLATIONS:
+            result = run_ablation(ct, out, model, device, ABLATIONS[mode])
+        else:
+            result = (run_covidseg if mode == "covidseg" else run_baseline)(ct, out, model, device)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(result))
 
@@ -110,7 +140,8 @@ def main() -> None:
     parser.add_argument("--model", help="model card; default: the bundled model")
     parser.add_argument("--slices", type=int, default=300)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--modes", default="covidseg,baseline")
+    parser.add_argument("--modes", default="covidseg,baseline",
+                        help="comma-separated: covidseg, baseline, and the ablations " + ", ".join(ABLATIONS))
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--ct", help=argparse.SUPPRESS)
     args = parser.parse_args()
