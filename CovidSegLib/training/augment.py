@@ -1,7 +1,8 @@
 """Batch augmentation on the CPU for CT slices, in torch (one affine resample per batch, no per-sample loops).
 
 Geometry: rotation, zoom (a body crop, a full field of view and a tight crop around the lungs must all look
-familiar), shift, left-right flip (harmless: sides are assigned from patient coordinates afterwards).
+familiar), shift, small elastic deformation, left-right flip (harmless: sides are assigned from patient
+coordinates afterwards).
 Intensity: window jitter, gamma, contrast and brightness, blur and noise, so that 8-bit exports, CLAHE-enhanced
 slices and plain HU windows all fall inside what the network has seen.
 """
@@ -21,6 +22,7 @@ class AugmentConfig:
     zoom: tuple[float, float] = (0.75, 1.35)
     shift: float = 0.08
     flip_probability: float = 0.5
+    elastic: float = 0.015  # amplitude of a smooth random displacement, in units of the half image side
     window_jitter: float = 0.12
     gamma: tuple[float, float] = (0.7, 1.5)
     contrast: tuple[float, float] = (0.8, 1.2)
@@ -46,6 +48,10 @@ def augment(images: torch.Tensor, masks: torch.Tensor, config: AugmentConfig, ge
         torch.stack([sin * flip, cos, uniform(-config.shift, config.shift)], dim=1),
     ], dim=1)
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    if config.elastic > 0:  # elastic: a 5x5 random displacement field, smoothly upsampled to the image
+        coarse = torch.randn((n, 2, 5, 5), generator=generator) * config.elastic
+        field = F.interpolate(coarse, size=images.shape[-2:], mode="bicubic", align_corners=True)
+        grid = grid + field.permute(0, 2, 3, 1)
     images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     masks = (F.grid_sample(masks, grid, mode="bilinear", padding_mode="zeros", align_corners=False) > 0.5).float()
 

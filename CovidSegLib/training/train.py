@@ -18,7 +18,7 @@ import numpy as np
 from ..model import ModelCard, Preprocessing, build_network, load_model, save_model
 from .augment import AugmentConfig, augment
 from .data import SliceSet, load_medseg, load_npz_slices, load_slice_corpus, read_split, split_indices
-from .slices import crop_and_resize
+from .slices import resize_slices
 
 OUTPUTS = ("lungs", "infection")
 
@@ -84,7 +84,7 @@ def masked_loss(logits, targets, labelled):
 
 def prepare_arrays(slices: SliceSet, config: TrainConfig):
     masks = np.stack([slices.lungs, slices.infection], axis=1)
-    images, masks = crop_and_resize(slices.images, masks, config.window, config.input_size)
+    images, masks = resize_slices(slices.images, masks, config.window, config.input_size)
     labelled = np.stack([slices.has_lungs, slices.has_infection], axis=1)
     return images, masks, labelled
 
