@@ -23,6 +23,7 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
+from CovidSegLib.errors import Cancelled
 from CovidSegLogic import CovidSegLogic  # noqa: F401  (Slicer finds the module's logic class here)
 
 NO_SEGMENT = "(none)"
@@ -174,15 +175,16 @@ class CovidSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         try:
             with slicer.util.tryWithErrorDisplay("Segmentation failed.", waitCursor=True):
-                segmentation = self.logic.segment(node.inputVolume, node.outputSegmentation, device=node.device,
-                                                  model_path=node.modelPath or None, progress=progress)
+                try:
+                    segmentation = self.logic.segment(node.inputVolume, node.outputSegmentation,
+                                                      device=node.device, model_path=node.modelPath or None,
+                                                      progress=progress)
+                except Cancelled:  # the user asked for it: not an error, and the old result stays as it was
+                    self.ui.statusLabel.text = "Cancelled."
+                    return
                 node.outputSegmentation = segmentation
-                segmentation.SetNodeReferenceID(segmentation.GetReferenceImageGeometryReferenceRole(),
-                                                node.inputVolume.GetID())
                 self.ui.statusLabel.text = "Done. Review the segments before using the numbers."
         finally:
-            if self._cancelRequested:
-                self.ui.statusLabel.text = "Cancelled."
             self._running = False
             self.updateButtons()
 
@@ -197,7 +199,6 @@ class CovidSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             table = self.logic.compare(node.outputSegmentation, node.referenceSegmentation, node.inputVolume,
                                        self.referenceMappingFromGui(), node.comparisonTable)
             node.comparisonTable = table
-            slicer.util.getModuleLogic("Tables")  # noqa: B018 - make sure the Tables module is loaded
             self.ui.comparisonTableView.setMRMLTableNode(table)
 
     def onQuantifyButton(self) -> None:

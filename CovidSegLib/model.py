@@ -20,8 +20,14 @@ if TYPE_CHECKING:  # torch is imported only when a network is built
     import torch
 
 CARD_FORMAT = "covidseg-model-card/1"
-#: Where the bundled default model lives, relative to the project (and the installed extension).
-BUNDLED_CARD = Path(__file__).resolve().parent.parent / "Resources" / "model" / "covidseg-unet.json"
+BUNDLED_NAME = "covidseg-unet.json"
+#: The bundled default model: inside the package in an installed Slicer extension (CovidSegLib/CMakeLists.txt
+#: copies it there), else in the repository's Resources/model.
+BUNDLED_CANDIDATES = (
+    Path(__file__).resolve().parent / "Resources" / "model" / BUNDLED_NAME,
+    Path(__file__).resolve().parent.parent / "Resources" / "model" / BUNDLED_NAME,
+)
+BUNDLED_CARD = next((p for p in BUNDLED_CANDIDATES if p.is_file()), BUNDLED_CANDIDATES[-1])
 
 
 @dataclass(frozen=True)
