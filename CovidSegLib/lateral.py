@@ -46,7 +46,7 @@ def bounding_box(mask: np.ndarray) -> tuple[slice, ...]:
     box = []
     for axis in range(mask.ndim):
         present = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
-        box.append(slice(max(present[0] - 1, 0), present[-1] + 2))
+        box.append(slice(max(present[0] - 1, 0), min(present[-1] + 2, mask.shape[axis])))
     return tuple(box)
 
 

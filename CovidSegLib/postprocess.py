@@ -12,7 +12,7 @@ from scipy import ndimage
 
 from .labels import INFECTION, LEFT_LUNG, RIGHT_LUNG
 from .lateral import bounding_box, split_left_right
-from .preprocessing import body_mask_2d, analysis_stride
+from .preprocessing import body_mask_2d
 from .volume import Geometry
 
 #: A lung component smaller than this fraction of the largest one is noise.
@@ -63,21 +63,65 @@ def fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
     return filled
 
 
+#: The anatomical decisions (which components are lung, which side, which holes) need no sub-millimetre detail:
+#: they are made on cells of about this size (mm) in-plane, the lung boundary itself stays at full resolution.
+DECISION_CELL_MM = 2.5
+
+
+def _max_pool_in_plane(mask: np.ndarray, factor: int) -> np.ndarray:
+    """``[k, j, i]`` mask reduced ``factor`` times in j and i; a cell is set if any of its voxels is."""
+    if factor == 1:
+        return mask
+    k, rows, cols = mask.shape
+    padded = np.zeros((k, -(-rows // factor) * factor, -(-cols // factor) * factor), dtype=bool)
+    padded[:, :rows, :cols] = mask
+    return padded.reshape(k, padded.shape[1] // factor, factor, padded.shape[2] // factor, factor).any(axis=(2, 4))
+
+
+def _upsample_in_plane(cells: np.ndarray, factor: int, shape: tuple[int, ...]) -> np.ndarray:
+    if factor == 1:
+        return cells
+    return cells.repeat(factor, axis=1).repeat(factor, axis=2)[:, :shape[1], :shape[2]]
+
+
+def _cell_geometry(geometry: Geometry, factor: int) -> Geometry:
+    """Geometry of the pooled grid: cell centres in patient space, for left/right decisions."""
+    centre = geometry.index_to_lps(np.array([[(factor - 1) / 2, (factor - 1) / 2, 0.0]]))[0]
+    return Geometry(
+        size=(-(-geometry.size[0] // factor), -(-geometry.size[1] // factor), geometry.size[2]),
+        spacing=(geometry.spacing[0] * factor, geometry.spacing[1] * factor, geometry.spacing[2]),
+        origin=tuple(float(v) for v in centre),
+        direction=geometry.direction,
+    )
+
+
 def postprocess(
     lungs: np.ndarray, infection: np.ndarray, geometry: Geometry, volume_hu: np.ndarray | None = None
 ) -> np.ndarray:
-    """Label map (1 left lung, 2 right lung, 3 infection) from raw canonical-orientation masks."""
-    stride = analysis_stride(float(np.mean(geometry.spacing[:2])))
-    body = body_mask(volume_hu, stride) if volume_hu is not None else None
-    lungs = keep_lung_components(lungs | infection, body, stride)
-    sides = split_left_right(lungs, geometry)
-    labels = np.zeros(lungs.shape, dtype=np.uint8)
+    """Label map (1 left lung, 2 right lung, 3 infection) from raw canonical-orientation masks.
+
+    Components, sides and holes are decided on ~2.5 mm cells (fast on a 512x512x600 CT); each full-resolution
+    lung voxel then takes its cell's decision, so the boundary keeps the network's full resolution.
+    """
+    pixel_mm = float(np.mean(geometry.spacing[:2]))
+    factor = max(1, int(round(DECISION_CELL_MM / pixel_mm)))
+    raw = lungs | infection
+    cells = _max_pool_in_plane(raw, factor)
+    body = body_mask(volume_hu[:, ::factor, ::factor], stride=1) if volume_hu is not None else None
+    cells = keep_lung_components(cells, body, stride=1)
+    sides = split_left_right(cells, _cell_geometry(geometry, factor))
+    labels = np.zeros(raw.shape, dtype=np.uint8)
     for side in (LEFT_LUNG, RIGHT_LUNG):
-        labels[fill_holes_per_slice(sides == side) & (labels == 0)] = side
+        side_cells = sides == side
+        filled_cells = fill_holes_per_slice(side_cells)
+        in_lung = _upsample_in_plane(side_cells, factor, raw.shape) & raw
+        in_hole = _upsample_in_plane(filled_cells & ~side_cells, factor, raw.shape)
+        labels[(in_lung | in_hole) & (labels == 0)] = side
     infection = infection & (labels > 0)
     if infection.any():
-        components, count = ndimage.label(infection)
+        box = bounding_box(infection)
+        components, count = ndimage.label(infection[box])
         sizes = np.bincount(components.ravel())[1:] * float(np.prod(geometry.spacing))
-        infection = np.isin(components, np.flatnonzero(sizes >= MIN_INFECTION_MM3) + 1)
+        infection[box] = np.isin(components, np.flatnonzero(sizes >= MIN_INFECTION_MM3) + 1)
     labels[infection] = INFECTION
     return labels

@@ -9,7 +9,8 @@ import pytest
 
 from CovidSegLib.labels import INFECTION, LEFT_LUNG, RIGHT_LUNG
 from CovidSegLib.orientation import to_canonical
-from CovidSegLib.postprocess import postprocess
+from CovidSegLib.lateral import bounding_box
+from CovidSegLib.postprocess import body_mask, keep_lung_components, postprocess
 from CovidSegLib.reading import read_segmentation, read_volume
 from CovidSegLib.volume import Volume
 
@@ -57,3 +58,16 @@ def test_no_lung_gives_empty_labels(canonical_case) -> None:
     empty = np.zeros(layer.shape, bool)
     assert not postprocess(empty, empty, ct.geometry, ct.array).any()
     assert isinstance(ct, Volume)
+
+
+def test_lungs_touching_the_edge_of_the_image(canonical_case) -> None:
+    """Lung up to the last row and column (a tight field of view): boxes stay inside the array."""
+    ct, layer = canonical_case
+    real = (layer == 5) | (layer == 6)
+    lungs = real.copy()
+    lungs[:, -1, 60:70] = True  # small strips at the edge: the box must reach them, the filter drop them
+    lungs[:, 60:70, -1] = True
+    box = bounding_box(lungs)
+    assert [b.stop for b in box][1:] == list(lungs.shape[1:])
+    kept = keep_lung_components(lungs, body=body_mask(ct.array, stride=1), stride=1)
+    assert np.sum(kept & real) >= real.sum() - 1 and not kept[:, -1, 60:70].any()
