@@ -29,6 +29,15 @@ PIP_REQUIREMENTS = ("segmentation-models-pytorch>=0.3.3", "safetensors", "slicer
 ProgressCallback = Callable[[float], Optional[bool]]
 
 
+def ensure_segmentation_converters() -> None:
+    """Register the labelmap <-> surface converter rules if nobody has: the Slicer application does at start-up,
+    bare MRML (slicer-core) does not, and without them a segment cannot hold a binary labelmap."""
+    factory = slicer.vtkSegmentationConverterFactory.GetInstance()
+    if not factory.GetConverterRules():
+        factory.RegisterConverterRule(slicer.vtkBinaryLabelmapToClosedSurfaceConversionRule())
+        factory.RegisterConverterRule(slicer.vtkClosedSurfaceToBinaryLabelmapConversionRule())
+
+
 def geometry_from_volume_node(volume_node) -> Geometry:
     """LPS geometry (CovidSegLib's convention) of a Slicer volume node (RAS)."""
     directions = np.zeros((3, 3))
@@ -58,6 +67,7 @@ class CovidSegLogic(ScriptedLoadableModuleLogic):
         if ScriptedLoadableModuleLogic is not object:
             ScriptedLoadableModuleLogic.__init__(self)
         self.scene = scene if scene is not None else slicer.mrmlScene
+        ensure_segmentation_converters()
         self._model = None
         self._model_path: str | None = None
 
