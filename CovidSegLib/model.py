@@ -52,10 +52,13 @@ class ModelCard:
     weights_file: str
     weights_sha256: str
     threshold: float = 0.5
+    weights_dtype: str = "float16"  # storage only: halves the file; the network computes in float32
     training_data: str = ""
     scores: dict[str, Any] = field(default_factory=dict)
     licence: str = ""
     description: str = ""
+    limitations: tuple[str, ...] = ()  # what the measurements showed it gets wrong
+    training_config: dict[str, Any] = field(default_factory=dict)
     format: str = CARD_FORMAT
 
     def to_json(self) -> str:
@@ -77,6 +80,7 @@ class ModelCard:
             })
             document["decoder_channels"] = tuple(document["decoder_channels"])
             document["outputs"] = tuple(document["outputs"])
+            document["limitations"] = tuple(document.get("limitations", ()))
             return cls(**document)
         except (TypeError, KeyError) as error:
             raise ModelError(f"{source}: model card fields are wrong ({error})") from None
@@ -167,8 +171,8 @@ def load_model(card_path: str | Path | None = None) -> LoadedModel:
             details.append(f"{len(wrong_shape)} of the wrong shape (e.g. {key}: {tuple(state[key].shape)} "
                            f"vs {tuple(expected[key].shape)})")
         raise ModelError(f"{weights}: weights do not fit the network in {card_path.name}: {'; '.join(details)}")
-    network.load_state_dict(state, strict=True)
-    network.eval()
+    network.load_state_dict(state, strict=True)  # copies (and casts float16 storage) into float32 parameters
+    network.float().eval()
     return LoadedModel(card, network, card_path)
 
 
@@ -180,7 +184,11 @@ def save_model(network: "torch.nn.Module", card: ModelCard, card_path: str | Pat
 
     card_path = Path(card_path)
     weights = card_path.with_suffix(".safetensors")
-    state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
+    import torch
+
+    storage = getattr(torch, card.weights_dtype)
+    state = {k: (v.detach().cpu().to(storage) if v.is_floating_point() else v.detach().cpu()).contiguous()
+             for k, v in network.state_dict().items()}
     with atomic_output(weights) as temporary:
         save_file(state, str(temporary), metadata={"format": "pt", "card": card_path.name})
         digest = file_sha256(temporary)
