@@ -85,3 +85,18 @@ def test_infection_filling_whole_slices_of_one_lung_stays_with_that_lung(ctchest
     voxel_ml = np.prod(geometry.spacing) / 1000
     assert result.right.infection_ml >= 0.98 * slab.sum() * voxel_ml
     assert result.left.infection_ml <= 0.02 * slab.sum() * voxel_ml
+
+
+def test_ggo_and_consolidation_are_reported_separately(ctchest) -> None:
+    labels, geometry, hu = ctchest
+    labels = labels.copy()
+    right = np.argwhere(labels == 2)
+    lateral = right[np.argsort(lps_left_coordinate(geometry, right))]
+    labels[tuple(lateral[:1000].T)] = 4  # ground-glass opacity
+    labels[tuple(lateral[1000:1500].T)] = 5  # consolidation
+    result = quantify(labels, geometry, hu)
+    voxel_ml = np.prod(geometry.spacing) / 1000
+    assert result.ggo_ml == pytest.approx(1000 * voxel_ml)
+    assert result.consolidation_ml == pytest.approx(500 * voxel_ml)
+    assert result.right.infection_ml == pytest.approx(1500 * voxel_ml)
+    assert quantify(np.where(labels >= 4, 3, labels).astype(np.uint8), geometry).ggo_ml is None

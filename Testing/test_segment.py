@@ -186,3 +186,13 @@ def test_segment_refuses_to_overwrite_its_input(volumes: Path, small_model: Path
     result = run_cli("segment", str(ct), "-o", str(ct), "--model", str(small_model), "--quiet")
     assert result.returncode == 4 and "would overwrite" in result.stderr
     assert ct.read_bytes() == before
+
+
+def test_segment_with_report_writes_both(volumes: Path, small_model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "case.seg.nrrd"
+    result = run_cli("segment", str(volumes / "ctchest4.nrrd"), "-o", str(out), "--model", str(small_model),
+                     "--report", "--quiet")
+    assert result.returncode == 0, result.stderr
+    report = tmp_path / "case_report"
+    assert out.is_file() and (report / "report.html").is_file() and (report / "axial.png").is_file()
+    assert json.loads((report / "report.json").read_text())["case"] == "case"
