@@ -216,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     segment.set_defaults(handler=cmd_segment)
 
     report = commands.add_parser(
-        "report", help="volumes, % involvement, severity estimate, QC pictures and an HTML page for a segmented CT",
+        "report", help="volumes, %% involvement, severity estimate, QC pictures and an HTML page for a segmented CT",
         description="CT and LABELS are files (one case), or folders (a cohort: labels paired by case name, one CSV "
         "row per case, an error row for a case that fails).",
     )

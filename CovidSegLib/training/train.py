@@ -129,14 +129,14 @@ def training_sets(config: TrainConfig) -> tuple[SliceSet, SliceSet]:
     """
     parts, validation = [], None
     if config.corpus:
-        corpus = load_slice_corpus(Path(config.corpus))
+        corpus = load_slice_corpus(Path(config.corpus).expanduser())
         split = read_split()
         parts.append(corpus.subset(split_indices(split, "train")))
         validation = corpus.subset(split_indices(split, "validation"))
     if config.medseg:
-        parts.append(load_medseg(Path(config.medseg)))
+        parts.append(load_medseg(Path(config.medseg).expanduser()))
     if config.npz_slices:
-        parts.append(load_npz_slices(Path(config.npz_slices), window=tuple(config.window)))
+        parts.append(load_npz_slices(Path(config.npz_slices).expanduser(), window=tuple(config.window)))
     if not parts:
         raise ValueError("no training data: set corpus, medseg and/or npz_slices in the configuration")
     train_set = SliceSet.concatenate(parts)
@@ -150,7 +150,7 @@ def train(config: TrainConfig, log=print) -> Path:
     if config.threads:
         torch.set_num_threads(config.threads)
     generator = seed_everything(config.seed)
-    out_dir = Path(config.out_dir)
+    out_dir = Path(config.out_dir).expanduser()
     out_dir.mkdir(parents=True, exist_ok=True)
     train_set, validation = training_sets(config)
     train_arrays = prepare_arrays(train_set, config)
