@@ -23,18 +23,14 @@ MIN_INSIDE_BODY_FRACTION = 0.5
 MIN_INFECTION_MM3 = 10.0
 
 
-def body_mask(volume_hu: np.ndarray, stride: int) -> np.ndarray:
-    """Per-slice body masks sampled every ``stride`` rows and columns, ``[slices, rows/stride, cols/stride]``."""
-    sample = volume_hu[:, ::stride, ::stride]
-    return np.stack([body_mask_2d(s) for s in sample]) if len(sample) else np.zeros(sample.shape, bool)
+def body_mask(volume_hu: np.ndarray) -> np.ndarray:
+    """Per-slice body masks (the body's outline with the lungs inside it), ``[slices, rows, cols]``."""
+    return np.stack([body_mask_2d(s) for s in volume_hu]) if len(volume_hu) else np.zeros(volume_hu.shape, bool)
 
 
-def keep_lung_components(lungs: np.ndarray, body: np.ndarray | None, stride: int = 1) -> np.ndarray:
-    """Drop components that are tiny next to the largest, or lie mostly outside the body.
-
-    ``body`` is the per-slice body mask sampled every ``stride`` rows and columns. Components are labelled on
-    the lungs' bounding box only, so a large CT does not need a full int32 copy.
-    """
+def keep_lung_components(lungs: np.ndarray, body: np.ndarray | None) -> np.ndarray:
+    """Drop components that are tiny next to the largest, or lie mostly outside the body (same grid as
+    ``lungs``). Components are labelled on the lungs' bounding box only: no full int32 copy of a large CT."""
     if not lungs.any():
         return lungs
     box = bounding_box(lungs)
@@ -42,15 +38,8 @@ def keep_lung_components(lungs: np.ndarray, body: np.ndarray | None, stride: int
     sizes = np.bincount(components.ravel())[1:]
     keep = sizes >= MIN_COMPONENT_FRACTION * sizes.max()
     if body is not None:
-        # the voxels of the box that lie on the body mask's sampling grid
-        rows = np.arange(box[1].start, box[1].stop)
-        cols = np.arange(box[2].start, box[2].stop)
-        rows, cols = rows[rows % stride == 0], cols[cols % stride == 0]
-        sampled = components[:, rows - box[1].start][:, :, cols - box[2].start]
-        on_body = body[box[0]][:, rows // stride][:, :, cols // stride]
-        inside = np.bincount(sampled[on_body], minlength=count + 1)[1:]
-        total = np.bincount(sampled.ravel(), minlength=count + 1)[1:]
-        keep &= (total == 0) | (inside >= MIN_INSIDE_BODY_FRACTION * np.maximum(total, 1))
+        inside = np.bincount(components[body[box]], minlength=count + 1)[1:]
+        keep &= inside >= MIN_INSIDE_BODY_FRACTION * sizes
     kept = np.zeros_like(lungs)
     kept[box] = np.isin(components, np.flatnonzero(keep) + 1)
     return kept
@@ -107,8 +96,9 @@ def postprocess(
     factor = max(1, int(round(DECISION_CELL_MM / pixel_mm)))
     raw = lungs | infection
     cells = _max_pool_in_plane(raw, factor)
-    body = body_mask(volume_hu[:, ::factor, ::factor], stride=1) if volume_hu is not None else None
-    cells = keep_lung_components(cells, body, stride=1)
+    body = body_mask(volume_hu[:, ::factor, ::factor])[:, :cells.shape[1], :cells.shape[2]] \
+        if volume_hu is not None else None
+    cells = keep_lung_components(cells, body)
     sides = split_left_right(cells, _cell_geometry(geometry, factor))
     labels = np.zeros(raw.shape, dtype=np.uint8)
     for side in (LEFT_LUNG, RIGHT_LUNG):

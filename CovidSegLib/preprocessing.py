@@ -1,9 +1,10 @@
-"""Preprocessing shared by training and inference, so a model always sees at inference what it learned on.
+"""Preprocessing of CT volumes for the network, the intensity part shared with training.
 
 Intensities: HU are windowed (default -1250..250, the lung window the COVID-19-CT-Seg corpus was exported in)
-and scaled to 0..1; 8-bit windowed slices are scaled by 1/255, which lands them in the same range.
-Geometry: each slice is cropped to a square around the body (the same box for the whole volume, so every slice
-has the same scale) and resized to the network's input size.
+and scaled to 0..1; 8-bit windowed training slices map to the same range (``training/slices.py``).
+Geometry: each slice of a volume is cropped to a square around the body (one box for the whole volume, so every
+slice has the same scale) and resized to the network's input size. Training sees whole slices zoomed by up to
+1.35x, which covers this crop.
 Work avoided: slices with no air enclosed by the body cannot contain lung and are not sent to the network.
 """
 
