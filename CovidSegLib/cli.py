@@ -99,6 +99,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_segment(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from .evaluation import case_id
     from .model import load_model
     from .pipeline import SegmentOptions, find_cases, is_dicom_folder, output_path_for, segment_file
 
@@ -131,8 +132,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
         if args.report:
             from .report import write_report
 
-            report_dir = output.parent / f"{output.name.split('.')[0]}_report"
-            write_report(result.volume, result.labels, report_dir, output.name.split(".")[0],
+            report_dir = output.parent / f"{case_id(output)}_report"
+            write_report(result.volume, result.labels, report_dir, case_id(output),
                          {"ct": str(ct), "labels": str(output)}, protected=[ct])
             print(f"report: {report_dir / 'report.html'}")
         seconds = result.seconds["total"]
@@ -158,14 +159,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     cohort = ct_path.is_dir() and not is_dicom_folder(ct_path)
     if not cohort:
         ct = prepare_ct(read_volume(ct_path), args.intensity, args.window)
-        written, _ = write_report(ct, labels_for_ct(labels_path, ct), out, case_id(ct_path) if ct_path.is_file()
-                                  else ct_path.name, {"ct": str(ct_path), "labels": str(labels_path)},
-                                  protected=[ct_path, labels_path])
+        written, _ = write_report(ct, labels_for_ct(labels_path, ct), out, case_id(ct_path),
+                                  {"ct": str(ct_path), "labels": str(labels_path)}, protected=[ct_path, labels_path])
         print(f"wrote {written['html']} and {len(written) - 1} more files into {out}")
         return EXIT_OK
     rows, failures = [], 0
     for case_path in find_cases(ct_path):
-        case = case_path.name if case_path.is_dir() else case_id(case_path)
+        case = case_id(case_path)
         candidates = [labels_path / f"{case}{suffix}" for suffix in LABEL_SUFFIXES]
         try:
             ct = prepare_ct(read_volume(case_path), args.intensity, args.window)

@@ -24,7 +24,7 @@ from .volume import Geometry
 
 #: Named mappings for references that use other codes. Values are mapping specs (see :func:`parse_mapping`).
 MAPPING_PRESETS: Mapping[str, str] = {
-    "covidseg": "1=left_lung,2=right_lung,3=infection,4=infection,5=infection",
+    "covidseg": "1=left_lung,2=right_lung,3=infection,4=ggo,5=consolidation",
     "covid19-ct-seg-lungs": "1=left_lung,2=right_lung",
     "covid19-ct-seg-infection": "1=infection",
     "slicer-ctchest": "right lung=right_lung,left lung=left_lung",
@@ -226,8 +226,10 @@ def evaluate_case(
 
 
 def case_id(path: Path) -> str:
-    """File name without its image suffix, so ``a.seg.nrrd`` pairs with ``a.nii.gz``."""
+    """File name without its image suffix, so ``a.seg.nrrd`` pairs with ``a.nii.gz``; a DICOM folder's name."""
     name = path.name
+    if path.is_dir():
+        return name
     for suffix in (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd"):
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]

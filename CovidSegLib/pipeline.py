@@ -51,8 +51,7 @@ def output_path_for(ct: Path, out: Path, output_format: str, batch: bool) -> Pat
     """``out`` itself when it names a label file (single case), else ``out/<case><format>``."""
     if not batch and any(out.name.lower().endswith(s) for s in LABEL_SUFFIXES):
         return out
-    name = ct.name if ct.is_dir() else case_id(ct)
-    return out / f"{name}{output_format}"
+    return out / f"{case_id(ct)}{output_format}"
 
 
 def segment_file(ct: Path, output: Path, model: LoadedModel, options: SegmentOptions,

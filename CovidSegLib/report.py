@@ -193,7 +193,8 @@ def _without_nan(value: object) -> object:
 
 
 def labels_for_ct(labels_path: Path, ct: Volume) -> np.ndarray:
-    """A CovidSeg label map (1 left, 2 right, 3 infection) from any label file, on the CT's grid."""
+    """A CovidSeg label map (1 left, 2 right, 3 infection, 4 GGO, 5 consolidation) from any label file, on the
+    CT's grid."""
     from .evaluation import align_to_grid, default_mapping, mapped_masks
     from .reading import read_segmentation
 
@@ -204,5 +205,5 @@ def labels_for_ct(labels_path: Path, ct: Volume) -> np.ndarray:
         mask = masks[value]
         if not segmentation.geometry.matches(ct.geometry):
             mask = align_to_grid(mask, segmentation.geometry, ct.geometry, segmentation.source)
-        labels[mask] = 3 if value >= 3 else value
+        labels[mask] = value
     return labels

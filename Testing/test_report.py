@@ -114,3 +114,22 @@ def test_cohort_gives_one_row_per_case_and_an_error_row(volumes: Path, reported,
     assert rows[0]["status"] == rows[1]["status"] == "ok" and rows[2]["status"].startswith("error: ")
     assert rows[0]["lungs_ml"] == rows[1]["lungs_ml"]
     assert (tmp_path / "out" / "a" / "report.html").is_file()
+
+
+def test_ggo_and_consolidation_in_a_label_file_reach_the_report(volumes: Path, tmp_path: Path) -> None:
+    from CovidSegLib.labels import LABELS
+
+    ct = prepare_ct(read_volume(volumes / "ctchest4.nrrd"))
+    layer = read_segmentation(volumes / "ctchest4.seg.nrrd").layers[0]
+    labels = np.where(layer == 6, 1, np.where(layer == 5, 2, 0)).astype(np.uint8)
+    right = np.argwhere(labels == 2)
+    lateral = right[np.argsort(lps_left_coordinate(ct.geometry, right))]
+    labels[tuple(lateral[:800].T)] = 4
+    labels[tuple(lateral[800:1200].T)] = 5
+    path = write_label_map(labels, ct.geometry, tmp_path / "fine.nii.gz", label_infos=LABELS)
+    assert np.array_equal(labels_for_ct(path, ct), labels)
+    _, result = write_report(ct, labels_for_ct(path, ct), tmp_path / "out", "fine")
+    voxel_ml = np.prod(ct.geometry.spacing) / 1000
+    assert result.ggo_ml == pytest.approx(800 * voxel_ml)
+    assert result.consolidation_ml == pytest.approx(400 * voxel_ml)
+    assert result.total.infection_ml == pytest.approx(1200 * voxel_ml)
