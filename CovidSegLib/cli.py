@@ -79,6 +79,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"covidseg evaluate: {error}", file=sys.stderr)
         return EXIT_USAGE
     notes: list[str] = []
+    if prediction.is_dir() and reference.is_dir():
+        from .slice_evaluation import is_slice_folder
+
+        if is_slice_folder(reference) and is_slice_folder(prediction):
+            return evaluate_slices(prediction, reference, Path(args.out_dir))
     if prediction.is_dir() != reference.is_dir():
         raise InputError(reference, "PREDICTION and REFERENCE must both be files or both be folders")
     if prediction.is_dir():
@@ -93,6 +98,44 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"note: {note}")
     csv_path, json_path = write_results(results, Path(args.out_dir), notes, protected=[prediction, reference])
     print(f"wrote {csv_path} and {json_path}")
+    return EXIT_OK
+
+
+def evaluate_slices(prediction: Path, reference: Path, out_dir: Path) -> int:
+    """Slice folders (2D masks, no spacing): per-slice and pooled Dice instead of the volume metrics."""
+    from .slice_evaluation import evaluate_slice_folders, format_slice_table, write_slice_results
+
+    evaluation = evaluate_slice_folders(prediction, reference)
+    print(format_slice_table(evaluation))
+    for note in evaluation.notes:
+        print(f"note: {note}")
+    csv_path, json_path = write_slice_results(evaluation, out_dir, protected=[prediction, reference])
+    print(f"wrote {csv_path} and {json_path}")
+    return EXIT_OK
+
+
+def cmd_predict_slices(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .inference import SliceSegmenter, select_device
+    from .model import load_model
+    from .slices import predict_slices, read_slices, write_slice_masks
+
+    from .writing import check_not_protected
+
+    source, out = Path(args.images), Path(args.output)
+    check_not_protected(out, [source])  # before any work: masks never go inside the dataset they come from
+    model = load_model(args.model)
+    slices = read_slices(source, args.window or model.card.preprocessing.window)
+    segmenter = SliceSegmenter(model, select_device(args.device), args.batch_size)
+    with tqdm(total=len(slices), desc="predict-slices", unit="slice", disable=args.quiet) as bar:
+        def progress(fraction: float) -> bool:
+            bar.update(round(fraction * len(slices)) - bar.n)
+            return False
+
+        lungs, infection = predict_slices(segmenter, [s.hu for s in slices], segmenter.batch_size, progress)
+    write_slice_masks(out, [s.name for s in slices], lungs, infection, protected=[source])
+    print(f"{len(slices)} slices from {source} -> {out}/lungs/ and {out}/infection/ (PNG, 0/255)")
     return EXIT_OK
 
 
@@ -226,10 +269,29 @@ def build_parser() -> argparse.ArgumentParser:
     add_intensity_options(report)
     report.set_defaults(handler=cmd_report)
 
+    predict = commands.add_parser(
+        "predict-slices", help="segment a folder of single axial slices (8-bit PNG/JPEG, or .npz in HU or 8-bit)",
+        description="Runs the model with its own preprocessing on each slice (used whole, no body crop) and writes "
+        "OUT/lungs/NAME.png and OUT/infection/NAME.png (0/255), which 'covidseg evaluate OUT DATASET' scores. "
+        "8-bit slices are taken as exports of the model's HU window unless --window says otherwise.",
+    )
+    predict.add_argument("images", help="folder of slices, or a dataset folder with an images/ (or ct/) subfolder")
+    predict.add_argument("-o", "--output", required=True, help="output folder")
+    predict.add_argument("--model", help="model card (.json); default: the bundled model")
+    predict.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
+    predict.add_argument("--batch-size", type=int, help="slices per network call")
+    predict.add_argument("--window", type=_window, metavar="LOW,HIGH",
+                         help="HU window that 0..255 of 8-bit slices spans (default: the model's window)")
+    predict.add_argument("--quiet", action="store_true", help="no progress bar")
+    predict.set_defaults(handler=cmd_predict_slices)
+
     evaluate = commands.add_parser(
         "evaluate", help="compare segmentations with references (files, or folders paired by file name)",
         description="Per structure (left lung, right lung, both lungs, infection): Dice, Jaccard, NSD, HD95, "
-        "sensitivity, specificity, relative volume difference, Rand error, volumes. Both masks empty gives n/a.",
+        "sensitivity, specificity, relative volume difference, Rand error, volumes. Both masks empty gives n/a. "
+        "Two slice folders (predict-slices output against lungs/, covid/, infection_masks/ or .npz masks) are scored "
+        "per slice and pooled (Dice, sensitivity, precision, false-positive slices) into slice_metrics.csv and "
+        "slice_summary.json.",
     )
     evaluate.add_argument("prediction", help="predicted label file, or folder of them")
     evaluate.add_argument("reference", help="reference label file, or folder of them (paired by name)")

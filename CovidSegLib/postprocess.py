@@ -19,6 +19,9 @@ from .volume import Geometry
 MIN_COMPONENT_FRACTION = 0.05
 #: A component with less than this fraction of its voxels inside the body is not lung.
 MIN_INSIDE_BODY_FRACTION = 0.5
+#: A lone slice's body outline is trusted only if this fraction of what lies outside it is clean air.
+MIN_OUTSIDE_AIR_FRACTION = 0.8
+CLEAN_AIR_HU = -900.0
 #: Infection specks smaller than this (mm³) are dropped.
 MIN_INFECTION_MM3 = 10.0
 
@@ -115,3 +118,24 @@ def postprocess(
         infection[box] = np.isin(components, np.flatnonzero(sizes >= MIN_INFECTION_MM3) + 1)
     labels[infection] = INFECTION
     return labels
+
+
+def postprocess_slice(lungs: np.ndarray, infection: np.ndarray, slice_hu: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """The volume rules that make sense on one slice without spacing: lung components mostly outside the body
+    (air between the patient and the table) and specks go, holes are filled, infection stays inside the lungs.
+
+    Left and right are not assigned: a lone slice's orientation is unknown (slice datasets store them rotated
+    and flipped). All this applies only where the slice shows a clean body outline, most of what lies outside
+    it being air; other slices are returned as the network gave them. Contrast-enhanced (CLAHE) 8-bit slices
+    and crops around the lungs fail that test (measured: at most 68% air outside on corpus and MedSeg slices, at
+    least 88% on HU slices); on them the outline is noise, and using it cost 0.19 lung Dice on the corpus.
+    """
+    raw = lungs | infection
+    body = body_mask_2d(slice_hu)
+    outside = slice_hu[~body]
+    if outside.size < 0.05 * body.size or np.mean(outside < CLEAN_AIR_HU) < MIN_OUTSIDE_AIR_FRACTION:
+        return lungs, infection
+    kept = keep_lung_components(raw[None], body[None])[0]
+    kept = ndimage.binary_fill_holes(kept) if kept.any() else kept
+    return kept, infection & kept

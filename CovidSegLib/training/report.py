@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -25,22 +24,15 @@ from ..evaluation import evaluate_case, parse_mapping
 from ..inference import SliceSegmenter, select_device
 from ..model import ModelCard, load_model
 from ..pipeline import SegmentOptions, segment_file
+from ..slice_evaluation import dice_figures
+from ..slices import eight_bit_to_hu, predict_slices
 from .data import load_medseg, load_slice_corpus, read_split
-from .slices import predict_slices
 
 
-def dice_figures(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float | int]:
-    """Pooled Dice, mean per-slice Dice (both-empty slices excluded) and the slice counts."""
-    overlap = (predicted & truth).sum(axis=(1, 2))
-    sizes = predicted.sum(axis=(1, 2)) + truth.sum(axis=(1, 2))
-    scored = sizes > 0
-    per_slice = 2 * overlap[scored] / sizes[scored]
-    return {
-        "pooled_dice": float(2 * overlap.sum() / sizes.sum()) if sizes.sum() else math.nan,
-        "mean_slice_dice": float(per_slice.mean()) if scored.any() else math.nan,
-        "slices": int(len(truth)),
-        "slices_scored": int(scored.sum()),
-    }
+def predict_eight_bit(segmenter: SliceSegmenter, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Lung and infection masks ``[n, h, w]`` for 8-bit slices of the model's window."""
+    lungs, infection = predict_slices(segmenter, eight_bit_to_hu(images, segmenter.card.preprocessing.window))
+    return np.stack(lungs), np.stack(infection)
 
 
 def corpus_scores(segmenter: SliceSegmenter, corpus_root: Path) -> dict:
@@ -48,7 +40,7 @@ def corpus_scores(segmenter: SliceSegmenter, corpus_root: Path) -> dict:
     groups = read_split()["groups"]["test"]
     indices = np.concatenate([np.arange(a, b) for a, b in groups])
     test = corpus.subset(indices)
-    lungs, infection = predict_slices(segmenter, test.images)
+    lungs, infection = predict_eight_bit(segmenter, test.images)
     result = {"groups": len(groups), "lungs": dice_figures(lungs, test.lungs),
               "infection": dice_figures(infection, test.infection), "per_group": {}}
     start = 0
@@ -64,7 +56,7 @@ def corpus_scores(segmenter: SliceSegmenter, corpus_root: Path) -> dict:
 
 def medseg_scores(segmenter: SliceSegmenter, root: Path) -> dict:
     medseg = load_medseg(root)
-    _, infection = predict_slices(segmenter, medseg.images)
+    _, infection = predict_eight_bit(segmenter, medseg.images)
     return {"infection": dice_figures(infection, medseg.infection)}
 
 

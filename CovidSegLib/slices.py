@@ -1,0 +1,169 @@
+"""Slice datasets at inference: read single axial slices, run the engine on them, write their masks.
+
+Public COVID-19 slice sets (the COVID-19-CT-Seg slice corpus, MedSeg) ship axial slices as 8-bit images of a
+lung window, sometimes as HU arrays in ``.npz``. An 8-bit slice is mapped back to HU-equivalents over a window
+(the model's own unless the caller knows the export's window), so it goes through exactly the windowing,
+resizing and thresholding of :class:`CovidSegLib.inference.SliceSegmenter` that volumes get. Slices are used
+whole, without the body crop: a body box cannot be found reliably on slices whose contrast was enhanced (CLAHE
+turns the air around the patient into noise as bright as tissue), and crops around the lungs have no body
+outline at all. Training zooms slices by up to 1.35x, which covers the tighter body crop of volumes.
+
+Predicted masks are written as 0/255 PNGs in ``OUT/lungs/`` and ``OUT/infection/`` under each slice's name, the
+layout :mod:`CovidSegLib.slice_evaluation` reads back.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from .errors import Cancelled, InputError
+from .postprocess import postprocess_slice
+from .preprocessing import Box
+from .writing import atomic_output
+
+SLICE_SUFFIXES = (".png", ".jpg", ".jpeg", ".npz")
+#: Subfolders that hold the images of a slice dataset (MedSeg: images/, the dstaroff corpus: ct/).
+IMAGE_SUBFOLDERS = ("images", "ct", "image", "imgs")
+#: Output subfolder per predicted target.
+MASK_OUTPUTS = ("lungs", "infection")
+
+
+@dataclass
+class SliceImage:
+    name: str  # file stem: the key that pairs a slice with its masks
+    hu: np.ndarray  # [rows, cols] int16 HU or HU-equivalents
+    source: Path
+
+
+def eight_bit_to_hu(images: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+    """Undo an 8-bit export of a HU window: 0 maps to the window's low end, 255 to its high end."""
+    low, high = window
+    return (images.astype(np.float32) * np.float32((high - low) / 255.0) + np.float32(low)).astype(np.int16)
+
+
+def image_folder(folder: Path) -> Path:
+    """The folder that holds the slice images: ``folder`` itself or its ``images/`` (or ``ct/``) subfolder."""
+    for name in IMAGE_SUBFOLDERS:
+        if (folder / name).is_dir():
+            return folder / name
+    return folder
+
+
+def slice_files(folder: str | Path) -> list[Path]:
+    """Slice image files in a folder (or its image subfolder), in natural order (2 before 10)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(folder, "not a folder of slice images")
+    files = [p for p in image_folder(folder).iterdir()
+             if p.is_file() and p.suffix.lower() in SLICE_SUFFIXES and not p.name.startswith(".")]
+    if not files:
+        raise InputError(folder, f"holds no slice images ({', '.join(SLICE_SUFFIXES)})")
+    return sorted(files, key=lambda p: (int(p.stem) if p.stem.isdigit() else float("inf"), p.stem))
+
+
+def read_npz_array(path: Path, keys: Sequence[str]) -> np.ndarray | None:
+    """The first of ``keys`` in an ``.npz`` file (None if it has none of them); refuses pickled objects."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            for key in keys:
+                if key in data:
+                    return np.asarray(data[key])
+    except (OSError, ValueError) as error:
+        raise InputError(path, f"cannot be read as .npz ({error})") from None
+    return None
+
+
+def read_slice(path: Path, window: tuple[float, float]) -> SliceImage:
+    """One slice as HU-equivalents: 8-bit images are taken as exports of ``window``; ``.npz`` may hold HU."""
+    from PIL import Image, UnidentifiedImageError
+
+    if path.suffix.lower() == ".npz":
+        array = read_npz_array(path, ("image", "ct", "arr_0"))
+        if array is None:
+            raise InputError(path, "has no 'image' array")
+    else:
+        try:
+            with Image.open(path) as image:
+                array = np.asarray(image.convert("L"))
+        except (OSError, UnidentifiedImageError) as error:
+            raise InputError(path, f"cannot be read as an image ({error})") from None
+    array = np.squeeze(array)
+    if array.ndim != 2 or min(array.shape) < 16:
+        raise InputError(path, f"is not a 2D slice (shape {array.shape})")
+    if not np.isfinite(array).all():
+        raise InputError(path, "contains NaN or infinite values")
+    if array.dtype == np.uint8:
+        hu = eight_bit_to_hu(array, window)
+    else:
+        if array.min() >= 0 and array.max() <= 255:
+            raise InputError(path, "values 0..255 stored as numbers: save 8-bit slices as uint8, or HU as HU")
+        hu = np.clip(array, -32768, 32767).astype(np.int16)
+    return SliceImage(path.stem, hu, path)
+
+
+def read_slices(folder: str | Path, window: tuple[float, float]) -> list[SliceImage]:
+    return [read_slice(path, window) for path in slice_files(folder)]
+
+
+def predict_slices(segmenter, slices_hu: Iterable[np.ndarray], batch_size: int = 32,
+                   progress: Callable[[float], bool] | None = None, postprocess: bool = True
+                   ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Lung and infection masks at each slice's own size; slices of equal shape share network calls.
+
+    Non-square slices are padded with air to a square, as the volume path pads its body box. With
+    ``postprocess``, :func:`CovidSegLib.postprocess.postprocess_slice` cleans slices that show a body outline.
+    ``progress(fraction)`` returning True cancels (raises :class:`Cancelled`).
+    """
+    slices_hu = list(slices_hu)
+    lungs: list[np.ndarray] = [np.zeros(0, bool)] * len(slices_hu)
+    infection: list[np.ndarray] = [np.zeros(0, bool)] * len(slices_hu)
+    by_shape: dict[tuple[int, int], list[int]] = {}
+    for index, hu in enumerate(slices_hu):
+        by_shape.setdefault(hu.shape, []).append(index)
+    done = 0
+    for shape, indices in by_shape.items():
+        whole = Box(0, 0, max(shape))
+        for start in range(0, len(indices), batch_size):
+            chunk = indices[start:start + batch_size]
+            stack = np.stack([slices_hu[i] for i in chunk])
+            lung_crop, infection_crop = segmenter.predict_with_retry(segmenter.prepare(stack, whole), whole.side)
+            for position, index in enumerate(chunk):
+                lungs[index] = np.zeros(shape, bool)
+                infection[index] = np.zeros(shape, bool)
+                whole.paste(lung_crop[position], lungs[index])
+                whole.paste(infection_crop[position], infection[index])
+                if postprocess:
+                    lungs[index], infection[index] = postprocess_slice(lungs[index], infection[index],
+                                                                       slices_hu[index])
+            done += len(chunk)
+            if progress is not None and progress(done / len(slices_hu)):
+                raise Cancelled("slice prediction cancelled")
+    return lungs, infection
+
+
+def png_bytes(mask: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(mask.astype(np.uint8) * 255).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_slice_masks(out: Path, names: Sequence[str], lungs: Sequence[np.ndarray],
+                      infection: Sequence[np.ndarray], protected: Iterable[str | Path] = ()) -> list[Path]:
+    """``OUT/lungs/NAME.png`` and ``OUT/infection/NAME.png`` (0/255), each written atomically."""
+    protected = list(protected)
+    written = []
+    for target, masks in zip(MASK_OUTPUTS, (lungs, infection)):
+        for name, mask in zip(names, masks):
+            path = Path(out) / target / f"{name}.png"
+            with atomic_output(path, protected) as temporary:
+                temporary.write_bytes(png_bytes(mask))
+            written.append(path)
+    return written
+
