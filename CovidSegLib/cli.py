@@ -285,6 +285,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--quiet", action="store_true", help="no progress bar")
     predict.set_defaults(handler=cmd_predict_slices)
 
+    trainer = commands.add_parser(
+        "train", help="train or fine-tune a model from a JSON configuration (see python -m CovidSegLib.training)",
+        add_help=False,
+    )
+    trainer.add_argument("arguments", nargs=argparse.REMAINDER)  # main() hands these to the training parser
+
     evaluate = commands.add_parser(
         "evaluate", help="compare segmentations with references (files, or folders paired by file name)",
         description="Per structure (left lung, right lung, both lungs, infection): Dice, Jaccard, NSD, HD95, "
@@ -314,6 +320,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"]:  # the training command line owns all its options, --help included
+        from .training.__main__ import main as training_main
+
+        return training_main(argv[1:], prog="covidseg train")
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args))

@@ -13,12 +13,15 @@ groups is fixed in ``Resources/model/split.json`` and never changes once test re
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 SPLIT_FILE = Path(__file__).resolve().parents[2] / "Resources" / "model" / "split.json"
+#: Group of slices whose patient is unknown (MedSeg): never used to validate a fold, always trained on.
+NO_PATIENT = ""
 
 
 @dataclass
@@ -31,16 +34,19 @@ class SliceSet:
     has_lungs: np.ndarray  # [n] bool
     has_infection: np.ndarray  # [n] bool
     names: list[str]
+    #: patient group per slice, for splits by patient; NO_PATIENT where the source has no patient ids
+    groups: list[str]
 
     def subset(self, indices: np.ndarray) -> "SliceSet":
         return SliceSet(self.images[indices], self.lungs[indices], self.infection[indices],
-                        self.has_lungs[indices], self.has_infection[indices], [self.names[i] for i in indices])
+                        self.has_lungs[indices], self.has_infection[indices], [self.names[i] for i in indices],
+                        [self.groups[i] for i in indices])
 
     @staticmethod
     def concatenate(sets: list["SliceSet"]) -> "SliceSet":
         return SliceSet(*(np.concatenate([getattr(s, f) for s in sets]) for f in
                           ("images", "lungs", "infection", "has_lungs", "has_infection")),
-                        [n for s in sets for n in s.names])
+                        [n for s in sets for n in s.names], [g for s in sets for g in s.groups])
 
 
 def _read_gray(path: Path, size: int) -> np.ndarray:
@@ -75,7 +81,11 @@ def load_slice_corpus(root: Path, size: int = 256) -> SliceSet:
     lungs = np.stack([_read_mask(root / "lungs" / n, size) for n in names])
     infection = np.stack([_read_mask(root / "covid" / n, size) for n in names])
     ones = np.ones(len(names), bool)
-    return SliceSet(images, lungs, infection, ones, ones.copy(), [f"corpus/{n}" for n in names])
+    groups = [NO_PATIENT] * len(names)
+    for part in read_split()["groups"].values():
+        for start, stop in part:
+            groups[start:stop] = [f"corpus/{start}-{stop}"] * (stop - start)
+    return SliceSet(images, lungs, infection, ones, ones.copy(), [f"corpus/{n}" for n in names], groups)
 
 
 def load_medseg(root: Path, size: int = 256) -> SliceSet:
@@ -85,7 +95,7 @@ def load_medseg(root: Path, size: int = 256) -> SliceSet:
     images = np.stack([_read_gray(root / "images" / f"{n}.jpg", size) for n in names])
     infection = np.stack([_read_mask(root / "infection_masks" / f"{n}.png", size) for n in names])
     return SliceSet(images, np.zeros_like(infection), infection, np.zeros(len(names), bool),
-                    np.ones(len(names), bool), [f"medseg/{n}" for n in names])
+                    np.ones(len(names), bool), [f"medseg/{n}" for n in names], [NO_PATIENT] * len(names))
 
 
 def continuity_groups(images: np.ndarray, lungs: np.ndarray, min_score: float = 13.0) -> list[tuple[int, int]]:
@@ -132,5 +142,6 @@ def load_npz_slices(folder: Path, size: int = 256, window: tuple[float, float] =
     if not names:
         raise FileNotFoundError(f"{folder}: no .npz slices")
     n = len(names)
+    groups = [re.sub(r"_slice\d+$", "", name) for name in names]  # ma2020_coronacases_001_slice098: one case
     return SliceSet(np.stack(images), np.stack(lungs), np.zeros((n, size, size), bool), np.ones(n, bool),
-                    np.zeros(n, bool), names)
+                    np.zeros(n, bool), names, groups)

@@ -1,5 +1,6 @@
-"""Train or fine-tune the slice U-Net: Dice + BCE per output, AdamW, cosine schedule, early stopping on
-validation Dice, a checkpoint every epoch (resumed automatically), seeded, and export to safetensors + card.
+"""Train or fine-tune the slice U-Net: Dice + BCE per output, AdamW, one-cycle schedule, early stopping on
+validation Dice, a checkpoint every epoch (resumed automatically), seeded, export to safetensors + card;
+k-fold cross-validation by patient; one process or many under ``torchrun`` (DistributedDataParallel).
 
 Checkpoints are our own files, loaded with ``torch.load(weights_only=True)``, which refuses arbitrary pickles.
 """
@@ -17,8 +18,9 @@ import numpy as np
 
 from ..model import ModelCard, Preprocessing, build_network, load_model, save_model
 from .augment import AugmentConfig, augment
-from .data import SliceSet, load_medseg, load_npz_slices, load_slice_corpus, read_split, split_indices
+from .data import SliceSet
 from .slices import resize_slices
+from .sources import training_sets
 
 OUTPUTS = ("lungs", "infection")
 
@@ -29,6 +31,11 @@ class TrainConfig:
     corpus: str | None = None  # the dstaroff corpus' data/img folder: its split.json train groups are used
     medseg: str | None = None  # MedSeg medseg_train folder (infection only)
     npz_slices: str | None = None  # folder of COVID-19-CT-Seg .npz slices (lungs only)
+    volumes: str | None = None  # COVID-19-CT-Seg NIfTI layout or images/ + labels/ pairs (training/volumes.py)
+    label_map: str | None = None  # what the pairs' label values mean (a covidseg evaluate mapping spec)
+    folds: int = 0  # k-fold cross-validation by patient: 0 off, else the number of folds
+    fold: int = 0  # the fold that validates in this run
+    device: str = "auto"  # auto: this process' GPU when there is one, else CPU
     init_model: str | None = None  # fine-tune: start from this model card (e.g. the bundled model)
     freeze_encoder: bool = False
     name: str = "covidseg-unet"
@@ -56,13 +63,12 @@ class TrainConfig:
         return cls(**document)
 
 
-def seed_everything(seed: int) -> "torch.Generator":  # noqa: F821
+def seed_everything(seed: int) -> None:
     import torch
 
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
 
 
 def masked_loss(logits, targets, labelled):
@@ -89,7 +95,7 @@ def prepare_arrays(slices: SliceSet, config: TrainConfig):
     return images, masks, labelled
 
 
-def pooled_dice(network, images, masks, labelled, batch_size: int = 64) -> dict[str, float]:
+def pooled_dice(network, images, masks, labelled, batch_size: int = 64, device=None) -> dict[str, float]:
     """Pooled Dice per output at network resolution (validation; the reported test scores use the engine)."""
     import torch
 
@@ -98,8 +104,8 @@ def pooled_dice(network, images, masks, labelled, batch_size: int = 64) -> dict[
     total = np.zeros(len(OUTPUTS))
     with torch.inference_mode():
         for start in range(0, len(images), batch_size):
-            x = torch.from_numpy(images[start:start + batch_size])
-            predicted = (network(x) > 0).numpy()
+            x = torch.from_numpy(images[start:start + batch_size]).to(device or "cpu")
+            predicted = (network(x) > 0).cpu().numpy()
             truth = masks[start:start + batch_size] > 0.5
             keep = labelled[start:start + batch_size]
             for c in range(len(OUTPUTS)):
@@ -121,52 +127,62 @@ def make_card(config: TrainConfig, scores: dict | None = None, training_data: st
     )
 
 
-def training_sets(config: TrainConfig) -> tuple[SliceSet, SliceSet]:
-    """Training and validation slices from every configured source.
+def epoch_generators(seed: int, epoch: int, rank: int) -> tuple["torch.Generator", "torch.Generator"]:  # noqa: F821
+    """Generators for one epoch: the slice order (the same on every process) and this process' augmentation.
 
-    The corpus contributes its ``train`` groups and is the validation set (its ``validation`` groups); without
-    the corpus (fine-tuning on a handful of cases) the training slices double as validation.
+    Seeding from (seed, epoch, rank) rather than carrying generator state makes a resumed run, and a run on
+    any number of processes, draw exactly what an uninterrupted run draws.
     """
-    parts, validation = [], None
-    if config.corpus:
-        corpus = load_slice_corpus(Path(config.corpus).expanduser())
-        split = read_split()
-        parts.append(corpus.subset(split_indices(split, "train")))
-        validation = corpus.subset(split_indices(split, "validation"))
-    if config.medseg:
-        parts.append(load_medseg(Path(config.medseg).expanduser()))
-    if config.npz_slices:
-        parts.append(load_npz_slices(Path(config.npz_slices).expanduser(), window=tuple(config.window)))
-    if not parts:
-        raise ValueError("no training data: set corpus, medseg and/or npz_slices in the configuration")
-    train_set = SliceSet.concatenate(parts)
-    return train_set, validation if validation is not None else train_set
+    import torch
+
+    order = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    augmentation = torch.Generator().manual_seed(seed * 100_003 + epoch * 1_009 + 7919 * (rank + 1))
+    return order, augmentation
+
+
+def step_indices(order: "torch.Tensor", step: int, batch_size: int, rank: int,  # noqa: F821
+                 world: int) -> "torch.Tensor":  # noqa: F821
+    """This process' share of one global batch; the order wraps around so every process gets a full batch
+    (DistributedDataParallel needs every process in every step)."""
+    import torch
+
+    positions = torch.arange(step * batch_size * world, (step + 1) * batch_size * world) % len(order)
+    return order[positions[rank::world]]
 
 
 def train(config: TrainConfig, log=print) -> Path:
-    """Run (or resume) training; returns the exported model card path."""
+    """Run (or resume) training; returns the exported model card path.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) this is one process of a DistributedDataParallel run: each process
+    trains on its share of every batch (``batch_size`` slices each), process 0 validates, checkpoints and
+    exports. Checkpoints must be on a folder all processes can read (one machine, or a shared file system).
+    """
     import torch
+
+    from .distributed import Distributed
 
     if config.threads:
         torch.set_num_threads(config.threads)
-    generator = seed_everything(config.seed)
+    seed_everything(config.seed)
+    dist = Distributed.start(select_training_device(config.device))
+    device, lead = dist.device, dist.rank == 0
+    log = log if lead else (lambda *_: None)
     out_dir = Path(config.out_dir).expanduser()
     out_dir.mkdir(parents=True, exist_ok=True)
-    train_set, validation = training_sets(config)
+    train_set, validation, how = training_sets(config)
     train_arrays = prepare_arrays(train_set, config)
     validation_arrays = prepare_arrays(validation, config)
-    log(f"training on {len(train_set.names)} slices, validating on {len(validation.names)}")
+    log(f"training on {len(train_set.names)} slices, validating on {len(validation.names)} ({how}); "
+        f"{dist.describe()}")
 
-    if config.init_model:
-        network = load_model(config.init_model).network
-    else:
-        network = build_network(make_card(config))
+    network = load_model(config.init_model).network if config.init_model else build_network(make_card(config))
     if config.freeze_encoder:
         for parameter in network.encoder.parameters():
             parameter.requires_grad = False
+    network.to(device)
     parameters = [p for p in network.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
-    steps_per_epoch = math.ceil(len(train_set.names) / config.batch_size)
+    steps_per_epoch = math.ceil(len(train_set.names) / (config.batch_size * dist.world))
     if config.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.learning_rate,
@@ -174,55 +190,112 @@ def train(config: TrainConfig, log=print) -> Path:
     state = {"epoch": 0, "best_score": -1.0, "best_epoch": -1, "history": []}
     checkpoint = out_dir / "checkpoint.pt"
     if checkpoint.exists():
-        saved = torch.load(checkpoint, weights_only=True)
+        saved = torch.load(checkpoint, weights_only=True, map_location=device)
         network.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
-        generator.set_state(saved["generator"])
         state = json.loads(saved["state"])
         log(f"resumed after epoch {state['epoch']}")
+    model = dist.wrap(network)
     augment_config = AugmentConfig(**config.augment)
     images, masks, labelled = (torch.from_numpy(a) for a in train_arrays)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
     while state["epoch"] < config.epochs and state["epoch"] - state["best_epoch"] <= config.patience:
-        network.train()
+        model.train()
         started = time.time()
-        order = torch.randperm(len(images), generator=generator)
+        order_generator, augment_generator = epoch_generators(config.seed, state["epoch"], dist.rank)
+        order = torch.randperm(len(images), generator=order_generator)
         losses = []
         for step in range(steps_per_epoch):
-            index = order[step * config.batch_size:(step + 1) * config.batch_size]
-            x, y = augment(images[index], masks[index], augment_config, generator)
-            loss = masked_loss(network(x), y, labelled[index])
+            index = step_indices(order, step, config.batch_size, dist.rank, dist.world)
+            x, y = augment(images[index], masks[index], augment_config, augment_generator)
+            with autocast:
+                logits = model(x.to(device, non_blocking=True))
+            loss = masked_loss(logits.float(), y.to(device), labelled[index].to(device))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             scheduler.step()
             losses.append(loss.item())
-        scores = pooled_dice(network, *validation_arrays)
-        state["epoch"] += 1
-        score = float(np.nanmean(list(scores.values())))
-        state["history"].append({"epoch": state["epoch"], "loss": float(np.mean(losses)), "validation": scores,
-                                 "seconds": time.time() - started})
-        if score > state["best_score"]:
-            state["best_score"], state["best_epoch"] = score, state["epoch"]
-            torch.save(network.state_dict(), out_dir / "best.pt")
-        torch.save({"model": network.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
-                    "state": json.dumps(state)}, out_dir / "checkpoint.tmp")
-        (out_dir / "checkpoint.tmp").replace(checkpoint)
-        log(f"epoch {state['epoch']}: loss {np.mean(losses):.4f}, validation Dice lungs {scores['lungs']:.4f} "
-            f"infection {scores['infection']:.4f} ({time.time() - started:.0f} s)")
+        if lead:
+            scores = pooled_dice(network, *validation_arrays, device=device)
+            state = record_epoch(state, scores, float(np.mean(losses)), time.time() - started, network, out_dir)
+            torch.save({"model": network.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "state": json.dumps(state)}, out_dir / "checkpoint.tmp")
+            (out_dir / "checkpoint.tmp").replace(checkpoint)
+            log(f"epoch {state['epoch']}: loss {np.mean(losses):.4f}, validation Dice lungs {scores['lungs']:.4f} "
+                f"infection {scores['infection']:.4f} ({time.time() - started:.0f} s)")
+        state = dist.share(state)  # every process takes the same early-stopping decision
 
-    network.load_state_dict(torch.load(out_dir / "best.pt", weights_only=True))
-    sources = [name for name, used in (("dstaroff/COVID19-CT-Segmentation slices, train groups of "
-                                        "Resources/model/split.json", config.corpus),
-                                       ("MedSeg medseg_train", config.medseg),
-                                       ("COVID-19-CT-Seg npz slices", config.npz_slices)) if used]
-    data = f"{' + '.join(sources)} ({len(train_set.names)} slices)"
-    card = make_card(config, {"validation_pooled_dice": state["history"][state["best_epoch"] - 1]["validation"],
-                              "best_epoch": state["best_epoch"]}, data)
     card_path = out_dir / f"{config.name}.json"
-    save_model(network, card, card_path)
-    (out_dir / "history.json").write_text(json.dumps(state["history"], indent=2))
-    log(f"exported {card_path} (best epoch {state['best_epoch']})")
+    if lead:
+        network.load_state_dict(torch.load(out_dir / "best.pt", weights_only=True, map_location=device))
+        card = make_card(config, {"validation_pooled_dice": state["history"][state["best_epoch"] - 1]["validation"],
+                                  "best_epoch": state["best_epoch"]}, describe_data(config, train_set, how))
+        save_model(network.cpu(), card, card_path)
+        (out_dir / "history.json").write_text(json.dumps(state["history"], indent=2))
+        log(f"exported {card_path} (best epoch {state['best_epoch']})")
+    dist.stop()
     return card_path
+
+
+def select_training_device(requested: str) -> "torch.device":  # noqa: F821
+    """``auto``: this process' GPU when there is one (``LOCAL_RANK`` under torchrun), else the CPU."""
+    import os
+
+    import torch
+
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cpu")
+    return torch.device(requested)
+
+
+def record_epoch(state: dict, scores: dict, loss: float, seconds: float, network, out_dir: Path) -> dict:
+    """Add an epoch to the history; keep the weights when the mean validation Dice is the best so far."""
+    import torch
+
+    state["epoch"] += 1
+    score = float(np.nanmean(list(scores.values())))
+    state["history"].append({"epoch": state["epoch"], "loss": loss, "validation": scores, "seconds": seconds})
+    if score > state["best_score"]:
+        state["best_score"], state["best_epoch"] = score, state["epoch"]
+        torch.save(network.state_dict(), out_dir / "best.pt")
+    return state
+
+
+def describe_data(config: TrainConfig, train_set: SliceSet, how: str) -> str:
+    sources = [name for name, used in (
+        ("dstaroff/COVID19-CT-Segmentation slices, train groups of Resources/model/split.json", config.corpus),
+        ("MedSeg medseg_train", config.medseg),
+        ("COVID-19-CT-Seg npz slices", config.npz_slices),
+        (f"volumes from {Path(str(config.volumes)).name}", config.volumes),
+    ) if used]
+    return f"{' + '.join(sources)} ({len(train_set.names)} slices); {how}"
+
+
+def cross_validate(config: TrainConfig, log=print) -> Path:
+    """Train every fold into ``out_dir/fold-K`` (each resumable) and write ``cross_validation.json``:
+    per-fold validation Dice at the best epoch, and mean and sd over folds."""
+    from dataclasses import replace
+
+    if config.folds < 2:
+        raise ValueError("cross-validation needs folds >= 2 in the configuration")
+    out_dir = Path(config.out_dir).expanduser()
+    per_fold = []
+    for fold in range(config.folds):
+        fold_config = replace(config, fold=fold, out_dir=str(out_dir / f"fold-{fold}"))
+        card_path = train(fold_config, log=lambda message, fold=fold: log(f"[fold {fold}] {message}"))
+        per_fold.append(json.loads(card_path.read_text())["scores"]["validation_pooled_dice"])
+    summary = {"folds": config.folds, "seed": config.seed, "per_fold_validation_pooled_dice": per_fold}
+    for output in OUTPUTS:
+        values = [f[output] for f in per_fold if f.get(output) is not None and not math.isnan(f[output])]
+        summary[output] = {"mean": float(np.mean(values)) if values else math.nan,
+                           "sd": float(np.std(values, ddof=1)) if len(values) > 1 else math.nan}
+    path = out_dir / "cross_validation.json"
+    path.write_text(json.dumps(summary, indent=2) + "\n")
+    log(f"cross-validation: lungs {summary['lungs']['mean']:.4f} ± {summary['lungs']['sd']:.4f}, infection "
+        f"{summary['infection']['mean']:.4f} ± {summary['infection']['sd']:.4f} ({path})")
+    return path

@@ -1,0 +1,76 @@
+"""Which slices a run trains and validates on: every configured source, split by patient, never by slice.
+
+- Without folds, the corpus' recorded split decides (its ``train`` groups train, its ``validation`` groups
+  validate); without the corpus, a fifth of the patients of the other sources (at least one) validates when
+  there are three or more, and a handful of cases doubles as its own validation set.
+- With ``folds = K``, every patient group of the pool (the corpus' train and validation groups, each volume,
+  each npz case) is dealt into K folds by a seeded shuffle; fold ``fold`` validates. Slices without a patient id
+  (MedSeg) always train. The corpus' ``test`` groups are never in any fold.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .data import NO_PATIENT, SliceSet, load_medseg, load_npz_slices, load_slice_corpus, read_split, split_indices
+from .volumes import load_volume_slices
+
+
+def load_sources(config) -> tuple[list[SliceSet], SliceSet | None]:
+    """The training pool per source, and the corpus' validation groups (None without the corpus)."""
+    parts, corpus_validation = [], None
+    if config.corpus:
+        corpus = load_slice_corpus(Path(config.corpus).expanduser())
+        split = read_split()
+        parts.append(corpus.subset(split_indices(split, "train")))
+        corpus_validation = corpus.subset(split_indices(split, "validation"))
+    if config.medseg:
+        parts.append(load_medseg(Path(config.medseg).expanduser()))
+    if config.npz_slices:
+        parts.append(load_npz_slices(Path(config.npz_slices).expanduser(), window=tuple(config.window)))
+    if config.volumes:
+        parts.append(load_volume_slices(config.volumes, tuple(config.window), config.label_map))
+    if not parts:
+        raise ValueError("no training data: set corpus, medseg, npz_slices and/or volumes in the configuration")
+    return parts, corpus_validation
+
+
+def assign_folds(groups: list[str], folds: int, seed: int) -> dict[str, int]:
+    """Patient group -> fold, dealt round-robin after a seeded shuffle (fold sizes differ by at most one group)."""
+    patients = sorted({g for g in groups if g != NO_PATIENT})
+    if folds > len(patients):
+        raise ValueError(f"{folds} folds need at least {folds} patient groups; the data has {len(patients)}")
+    order = np.random.default_rng(seed).permutation(len(patients))
+    return {patients[index]: position % folds for position, index in enumerate(order)}
+
+
+def split_by_groups(pool: SliceSet, validation_groups: set[str]) -> tuple[SliceSet, SliceSet]:
+    held = np.array([g in validation_groups for g in pool.groups])
+    return pool.subset(np.flatnonzero(~held)), pool.subset(np.flatnonzero(held))
+
+
+def training_sets(config) -> tuple[SliceSet, SliceSet, str]:
+    """Training set, validation set, and one line saying how they were split."""
+    parts, corpus_validation = load_sources(config)
+    if config.folds:
+        if corpus_validation is not None:
+            parts.append(corpus_validation)  # folds deal the corpus' validation groups too
+        pool = SliceSet.concatenate(parts)
+        fold_of = assign_folds(pool.groups, config.folds, config.seed)
+        if not 0 <= config.fold < config.folds:
+            raise ValueError(f"fold {config.fold} is not in 0..{config.folds - 1}")
+        held = {g for g, f in fold_of.items() if f == config.fold}
+        train_set, validation = split_by_groups(pool, held)
+        return train_set, validation, f"fold {config.fold} of {config.folds}: {len(held)} patient groups validate"
+    pool = SliceSet.concatenate(parts)
+    if corpus_validation is not None:
+        return pool, corpus_validation, "validation: the corpus' recorded validation groups"
+    patients = sorted({g for g in pool.groups if g != NO_PATIENT})
+    if len(patients) >= 3:
+        count = max(1, len(patients) // 5)
+        held = set(np.random.default_rng(config.seed).permutation(patients)[:count].tolist())
+        train_set, validation = split_by_groups(pool, held)
+        return train_set, validation, f"validation: {count} of {len(patients)} patients held out ({sorted(held)})"
+    return pool, pool, "validation: the training slices themselves (fewer than 3 patients)"

@@ -1,0 +1,189 @@
+"""Training slices from full CT volumes: the COVID-19-CT-Seg NIfTI layout and generic image + label pairs.
+
+Researchers with whole volumes fine-tune on them. Each volume is read like ``covidseg segment`` reads a CT
+(canonical orientation, HU checked), cut to the same square box around the body that inference crops to, and
+its axial slices through the lungs become 8-bit slices of the training window, so training sees exactly what
+the engine will feed the network. One volume is one patient (its slices share a group for k-fold splits).
+
+Layouts (found automatically):
+
+- COVID-19-CT-Seg as Kaggle ships it: ``ct_scans/coronacases_org_001.nii``, ``lung_mask/coronacases_001.nii``
+  (1 left, 2 right), ``infection_mask/coronacases_001.nii`` (1 infection); zenodo's spelling
+  (``COVID-19-CT-Seg_20cases/``, ``Lung_Mask/``, ``Infection_Mask/``) too. Its radiopaedia half was released
+  lung-windowed to 0..255 over -1250..250 HU; such volumes are mapped back to HU-equivalents.
+- image + label pairs: ``images/NAME.nii.gz`` with ``labels/NAME.nii.gz`` (nnU-Net's ``imagesTr/NAME_0000``
+  with ``labelsTr/NAME`` too). Labels in CovidSeg values (1 left lung, 2 right lung, 3 infection, 4 GGO,
+  5 consolidation), or any codes with ``label_map`` (a ``covidseg evaluate`` mapping spec or preset).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from ..evaluation import LabelMapping, align_to_grid, default_mapping, mapped_masks, parse_mapping
+from ..intensity import DEFAULT_WINDOW, prepare_ct
+from ..labels import INFECTION_VALUES, LEFT_LUNG, RIGHT_LUNG
+from ..orientation import to_canonical
+from ..preprocessing import body_box
+from ..reading import read_segmentation, read_volume
+from .data import SliceSet
+
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+#: Folder names of the COVID-19-CT-Seg layout, lower case; the first that exists is used.
+CT_FOLDERS = ("ct_scans", "covid-19-ct-seg_20cases")
+LUNG_FOLDERS = ("lung_mask", "lung_masks")
+INFECTION_FOLDERS = ("infection_mask", "infection_masks")
+PAIR_FOLDERS = (("images", "labels"), ("imagesTr", "labelsTr"))
+#: Axial slices closer than this are near copies; taking every slice of a 0.6 mm CT adds time, not information.
+MIN_SLICE_GAP_MM = 2.5
+
+
+@dataclass(frozen=True)
+class VolumeCase:
+    case: str
+    image: Path
+    lungs: Path | None  # label file holding the lungs (or everything, for pairs)
+    infection: Path | None  # separate infection file (COVID-19-CT-Seg), None when ``lungs`` holds it
+    mapping: LabelMapping | None  # how to read ``lungs``; None: the file's own names or CovidSeg values
+
+
+def _strip_suffix(name: str) -> str:
+    lower = name.lower()
+    for suffix in VOLUME_SUFFIXES:
+        if lower.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def covid19_ct_seg_key(name: str) -> str:
+    """One key for a CT and its masks: ``coronacases_org_001`` and ``coronacases_001`` give ``coronacases_001``;
+    ``radiopaedia_org_covid-19-pneumonia-10_85902_1-dcm`` and ``radiopaedia_10_85902_1`` agree too."""
+    key = _strip_suffix(name).lower()
+    key = key.replace("_org_covid-19-pneumonia-", "_").replace("_org_", "_")
+    return re.sub(r"-dcm$", "", key)
+
+
+def _volume_files(folder: Path) -> dict[str, Path]:
+    return {_strip_suffix(p.name): p for p in sorted(folder.iterdir())
+            if p.is_file() and p.name.lower().endswith(VOLUME_SUFFIXES)}
+
+
+def _subfolder(root: Path, names: tuple[str, ...]) -> Path | None:
+    by_lower = {p.name.lower(): p for p in root.iterdir() if p.is_dir()}
+    return next((by_lower[n] for n in names if n in by_lower), None)
+
+
+def find_volume_cases(root: str | Path, label_map: str | None = None) -> list[VolumeCase]:
+    """The cases of a COVID-19-CT-Seg or image + label pairs folder, each CT with its masks."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise InputError(root, "not a folder of training volumes")
+    ct_folder = _subfolder(root, CT_FOLDERS)
+    if ct_folder is not None:
+        return _covid19_ct_seg_cases(root, ct_folder)
+    for images, labels in PAIR_FOLDERS:
+        if (root / images).is_dir() and (root / labels).is_dir():
+            return _pair_cases(root / images, root / labels, parse_mapping(label_map) if label_map else None)
+    raise InputError(root, "is neither the COVID-19-CT-Seg layout (ct_scans/, lung_mask/, infection_mask/) nor "
+                           "image + label pairs (images/ and labels/, or imagesTr/ and labelsTr/)")
+
+
+def _covid19_ct_seg_cases(root: Path, ct_folder: Path) -> list[VolumeCase]:
+    lung_folder, infection_folder = _subfolder(root, LUNG_FOLDERS), _subfolder(root, INFECTION_FOLDERS)
+    if lung_folder is None and infection_folder is None:
+        raise InputError(root, "has ct_scans/ but neither lung_mask/ nor infection_mask/")
+    lungs = {covid19_ct_seg_key(k): p for k, p in _volume_files(lung_folder).items()} if lung_folder else {}
+    infection = {covid19_ct_seg_key(k): p for k, p in _volume_files(infection_folder).items()} \
+        if infection_folder else {}
+    cases = []
+    for name, image in _volume_files(ct_folder).items():
+        key = covid19_ct_seg_key(name)
+        if key in lungs or key in infection:
+            cases.append(VolumeCase(key, image, lungs.get(key), infection.get(key),
+                                    parse_mapping("covid19-ct-seg-lungs")))
+    if not cases:
+        raise InputError(ct_folder, "no CT pairs up with a mask by case name")
+    return cases
+
+
+def _pair_cases(images: Path, labels: Path, mapping: LabelMapping | None) -> list[VolumeCase]:
+    label_files = _volume_files(labels)
+    cases = []
+    for name, image in _volume_files(images).items():
+        case = re.sub(r"_0000$", "", name)  # nnU-Net names channel 0 NAME_0000
+        if case in label_files:
+            cases.append(VolumeCase(case, image, label_files[case], None, mapping))
+    if not cases:
+        raise InputError(images, f"no image pairs up with a label file in {labels} by name")
+    return cases
+
+
+def _read_ct(path: Path):
+    """A CT in HU; an 8-bit volume (COVID-19-CT-Seg's radiopaedia half) is taken as windowed -1250..250 HU."""
+    volume = read_volume(path)
+    if volume.array.min() >= 0 and volume.array.max() <= 255:
+        return prepare_ct(volume, "windowed", DEFAULT_WINDOW)
+    return prepare_ct(volume)
+
+
+def _masks_on_ct(path: Path, mapping: LabelMapping | None, ct) -> dict[int, np.ndarray]:
+    segmentation = read_segmentation(path)
+    masks = mapped_masks(segmentation, mapping or default_mapping(segmentation))
+    if not segmentation.geometry.matches(ct.geometry):
+        masks = {v: align_to_grid(m, segmentation.geometry, ct.geometry, segmentation.source) for v, m in masks.items()}
+    return masks
+
+
+def case_slices(case: VolumeCase, window: tuple[float, float], size: int = 256) -> SliceSet:
+    """8-bit slices through the lungs of one case, cut to the inference body box, with its masks."""
+    import torch
+    import torch.nn.functional as F
+
+    from ..inference import AIR_HU
+    from ..preprocessing import window_to_unit
+
+    ct = _read_ct(case.image)
+    masks: dict[int, np.ndarray] = {}
+    if case.lungs is not None:
+        masks.update(_masks_on_ct(case.lungs, case.mapping, ct))
+    if case.infection is not None:
+        infection = _masks_on_ct(case.infection, parse_mapping("covid19-ct-seg-infection"), ct)
+        masks.update(infection)
+    has_lungs = LEFT_LUNG in masks or RIGHT_LUNG in masks
+    has_infection = any(v in masks for v in INFECTION_VALUES)
+    empty = np.zeros(ct.array.shape, bool)
+    lungs = masks.get(LEFT_LUNG, empty) | masks.get(RIGHT_LUNG, empty)
+    infection = np.logical_or.reduce([masks.get(v, empty) for v in INFECTION_VALUES])
+    canonical, plan = to_canonical(ct)
+    lungs, infection = plan.to_canonical(lungs), plan.to_canonical(infection)
+    if has_infection:
+        lungs |= infection  # infection lies in the lung; some masks leave it out of the lung label
+    labelled = lungs | infection
+    if not labelled.any():
+        raise InputError(case.lungs or case.infection, "masks are empty: nothing to train on")
+    step = max(1, int(round(MIN_SLICE_GAP_MM / float(canonical.geometry.spacing[2]))))
+    chosen = np.flatnonzero(labelled.any(axis=(1, 2)))[::step]
+    box = body_box(canonical.array, float(np.mean(canonical.geometry.spacing[:2])))
+    hu = box.crop(canonical.array[chosen], fill=AIR_HU)
+    unit = torch.from_numpy(window_to_unit(hu, window))[:, None]
+    images = F.interpolate(unit, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    images = np.round(images[:, 0].numpy() * 255).astype(np.uint8)
+
+    def resize_mask(mask: np.ndarray) -> np.ndarray:
+        cropped = torch.from_numpy(box.crop(mask[chosen], fill=False).astype(np.float32))[:, None]
+        return (F.interpolate(cropped, size=(size, size), mode="bilinear", align_corners=False)[:, 0] > 0.5).numpy()
+
+    n = len(chosen)
+    return SliceSet(images, resize_mask(lungs), resize_mask(infection), np.full(n, has_lungs),
+                    np.full(n, has_infection), [f"{case.case}/{k}" for k in chosen], [case.case] * n)
+
+
+def load_volume_slices(root: str | Path, window: tuple[float, float], label_map: str | None = None,
+                       size: int = 256) -> SliceSet:
+    """Every case of a volume folder as training slices (see the module docstring for the layouts)."""
+    return SliceSet.concatenate([case_slices(case, window, size) for case in find_volume_cases(root, label_map)])

@@ -1,0 +1,156 @@
+"""Training from full volumes (COVID-19-CT-Seg layout, image + label pairs), k-fold splits by patient,
+cross-validation, and DistributedDataParallel under torchrun with gloo on this CPU.
+
+The volume folders are built in a scratch directory from the real CTs and expert masks in ../shared/data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+torch = pytest.importorskip("torch")
+
+from CovidSegLib.evaluation import mapped_masks, parse_mapping  # noqa: E402
+from CovidSegLib.model import load_model  # noqa: E402
+from CovidSegLib.reading import read_segmentation  # noqa: E402
+from CovidSegLib.training.data import NO_PATIENT  # noqa: E402
+from CovidSegLib.training.sources import assign_folds, training_sets  # noqa: E402
+from CovidSegLib.training.train import TrainConfig, cross_validate, train  # noqa: E402
+from CovidSegLib.training.volumes import covid19_ct_seg_key, find_volume_cases, load_volume_slices  # noqa: E402
+
+from conftest import PROJECT_ROOT, run_cli  # noqa: E402
+
+WINDOW = (-1250.0, 250.0)
+
+
+@pytest.fixture(scope="module")
+def covid19_ct_seg(volumes: Path, tmp_path_factory) -> Path:
+    """CTChest in the Kaggle COVID-19-CT-Seg layout: ct_scans/coronacases_org_001.nii.gz, lung_mask/ (1 left,
+    2 right) from the Slicer expert segmentation, and an infection mask with one real-lung region marked."""
+    root = tmp_path_factory.mktemp("covid19") / "COVID-19-CT-Seg"
+    for folder in ("ct_scans", "lung_mask", "infection_mask"):
+        (root / folder).mkdir(parents=True)
+    ct = sitk.ReadImage(str(volumes / "ctchest4.nrrd"))
+    sitk.WriteImage(ct, str(root / "ct_scans" / "coronacases_org_001.nii.gz"))
+    masks = mapped_masks(read_segmentation(volumes / "ctchest4.seg.nrrd"), parse_mapping("slicer-ctchest"))
+    lungs = np.zeros(masks[1].shape, np.uint8)
+    lungs[masks[1]], lungs[masks[2]] = 1, 2
+    infection = np.zeros_like(lungs)
+    infection[15:18] = masks[2][15:18]  # stands in for a lesion: a slab of the real right lung
+    for folder, array in (("lung_mask", lungs), ("infection_mask", infection)):
+        image = sitk.GetImageFromArray(array)
+        image.CopyInformation(ct)
+        sitk.WriteImage(image, str(root / folder / "coronacases_001.nii.gz"))
+    return root
+
+
+@pytest.fixture(scope="module")
+def pairs(volumes: Path, tmp_path_factory) -> Path:
+    """image + label pairs in nnU-Net spelling: the TotalSegmentator example and its lobe labels."""
+    root = tmp_path_factory.mktemp("pairs")
+    (root / "imagesTr").mkdir()
+    (root / "labelsTr").mkdir()
+    (root / "imagesTr" / "totalseg_0000.nii.gz").symlink_to(volumes / "totalseg_example_ct_sm.nii.gz")
+    (root / "labelsTr" / "totalseg.nii.gz").symlink_to(volumes / "totalseg_example_ct_sm_seg.nii.gz")
+    return root
+
+
+def test_covid19_ct_seg_names_pair_up() -> None:
+    assert covid19_ct_seg_key("coronacases_org_001.nii") == covid19_ct_seg_key("coronacases_001.nii.gz")
+    assert covid19_ct_seg_key("radiopaedia_org_covid-19-pneumonia-10_85902_1-dcm.nii") == \
+        covid19_ct_seg_key("radiopaedia_10_85902_1.nii") == "radiopaedia_10_85902_1"
+
+
+def test_covid19_ct_seg_layout_gives_canonical_slices_with_masks(covid19_ct_seg: Path) -> None:
+    cases = find_volume_cases(covid19_ct_seg)
+    assert [c.case for c in cases] == ["coronacases_001"]
+    slices = load_volume_slices(covid19_ct_seg, WINDOW)
+    # CTChest: 34 slices of 10 mm, the lungs in 28 of them; every one is kept (10 mm > the 2.5 mm gap)
+    assert slices.images.shape == (28, 256, 256) and slices.images.dtype == np.uint8
+    assert slices.has_lungs.all() and slices.has_infection.all()
+    assert set(slices.groups) == {"coronacases_001"}
+    assert slices.infection.any() and not (slices.infection & ~slices.lungs).any()
+    # canonical orientation: the spine (bright, dense) is in the lower half, the patient's back
+    middle = slices.images[len(slices.images) // 2].astype(float)
+    assert middle[160:, 100:156].mean() > middle[:96, 100:156].mean()
+
+
+def test_pairs_need_a_label_map_for_foreign_codes(pairs: Path) -> None:
+    with pytest.raises(Exception, match="not in the CovidSeg scheme"):
+        load_volume_slices(pairs, WINDOW)
+    slices = load_volume_slices(pairs, WINDOW, label_map="totalseg-lobes")
+    assert slices.has_lungs.all() and not slices.has_infection.any()
+    assert slices.lungs.any() and slices.groups[0] == "totalseg"
+
+
+def test_folds_split_by_patient(covid19_ct_seg: Path, slices: Path, tmp_path: Path) -> None:
+    config = TrainConfig(out_dir=str(tmp_path), medseg=str(slices / "medseg_train"), npz_slices=str(slices),
+                         volumes=str(covid19_ct_seg), folds=2)
+    held_out = []
+    for fold in (0, 1):
+        train_set, validation, _ = training_sets(replace(config, fold=fold))
+        assert not set(train_set.groups) & set(validation.groups)
+        assert NO_PATIENT not in validation.groups  # MedSeg (no patient ids) always trains
+        assert sum(name.startswith("medseg/") for name in train_set.names) == 50
+        held_out.append(set(validation.groups))
+    # npz cases coronacases_001, coronacases_008, the radiopaedia case, and the volume: each validates once
+    assert held_out[0] | held_out[1] == {"npz/ma2020_coronacases_001", "npz/ma2020_coronacases_008",
+                                         "npz/ma2020_radiopaedia_14_85914_0", "coronacases_001"}
+    assert not held_out[0] & held_out[1]
+    assert assign_folds(["a", "b", "c"], 2, seed=3) == assign_folds(["c", "a", "b"], 2, seed=3)
+    with pytest.raises(ValueError, match="need at least 5 patient groups"):
+        assign_folds(["a", "b", "c", "d"], 5, seed=0)
+
+
+def test_cross_validation_trains_every_fold(covid19_ct_seg: Path, slices: Path, tmp_path: Path) -> None:
+    config = TrainConfig(out_dir=str(tmp_path / "cv"), npz_slices=str(slices), volumes=str(covid19_ct_seg),
+                         folds=2, name="tiny", input_size=64, epochs=1, batch_size=4, max_steps_per_epoch=2,
+                         threads=2)
+    summary = json.loads(cross_validate(config, log=lambda *_: None).read_text())
+    assert summary["folds"] == 2 and len(summary["per_fold_validation_pooled_dice"]) == 2
+    assert all((tmp_path / "cv" / f"fold-{k}" / "tiny.safetensors").is_file() for k in (0, 1))
+    assert 0 <= summary["lungs"]["mean"] <= 1
+
+
+def test_fine_tune_on_a_nifti_folder_with_the_documented_command(covid19_ct_seg: Path, slices: Path,
+                                                                  tmp_path: Path) -> None:
+    """`covidseg train CONFIG` fine-tunes a model on a COVID-19-CT-Seg folder, frozen encoder, and exports it."""
+    base = train(TrainConfig(out_dir=str(tmp_path / "base"), npz_slices=str(slices), name="base", input_size=64,
+                             epochs=1, batch_size=4, max_steps_per_epoch=2, threads=2), log=lambda *_: None)
+    config = {"out_dir": str(tmp_path / "tuned"), "volumes": str(covid19_ct_seg), "init_model": str(base),
+              "freeze_encoder": True, "name": "tuned", "input_size": 64, "epochs": 2, "batch_size": 4,
+              "max_steps_per_epoch": 3, "threads": 2}
+    (tmp_path / "tune.json").write_text(json.dumps(config))
+    result = run_cli("train", str(tmp_path / "tune.json"))
+    assert result.returncode == 0, result.stderr
+    assert "training on 28 slices" in result.stdout and "fewer than 3 patients" in result.stdout
+    card = load_model(tmp_path / "tuned" / "tuned.json").card
+    assert "volumes from COVID-19-CT-Seg" in card.training_data
+    assert len(json.loads((tmp_path / "tuned" / "history.json").read_text())) == 2
+
+
+def test_torchrun_trains_with_distributed_data_parallel_on_gloo(slices: Path, tmp_path: Path) -> None:
+    """Two processes on this CPU (gloo): both train their share of every batch, process 0 exports."""
+    config = {"out_dir": str(tmp_path / "ddp"), "npz_slices": str(slices), "medseg": str(slices / "medseg_train"),
+              "name": "ddp", "input_size": 64, "epochs": 2, "batch_size": 4, "max_steps_per_epoch": 3,
+              "threads": 1, "device": "cpu"}
+    (tmp_path / "ddp.json").write_text(json.dumps(config))
+    environment = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(PROJECT_ROOT))
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             "-m", "CovidSegLib.training", str(tmp_path / "ddp.json")],
+                            capture_output=True, text=True, timeout=600, env=environment, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 processes (gloo)" in result.stdout
+    assert result.stdout.count("epoch 1:") == 1  # only process 0 reports
+    history = json.loads((tmp_path / "ddp" / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert load_model(tmp_path / "ddp" / "ddp.json").card.input_size == 64
