@@ -131,7 +131,7 @@ def predict_slices(segmenter, slices_hu: Iterable[np.ndarray], batch_size: int =
         for start in range(0, len(indices), batch_size):
             chunk = indices[start:start + batch_size]
             stack = np.stack([slices_hu[i] for i in chunk])
-            lung_crop, infection_crop = segmenter.predict_with_retry(segmenter.prepare(stack, whole), whole.side)
+            lung_crop, infection_crop = segmenter.predict(segmenter.prepare(stack, whole), whole.side)
             for position, index in enumerate(chunk):
                 lungs[index] = np.zeros(shape, bool)
                 infection[index] = np.zeros(shape, bool)

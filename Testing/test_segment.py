@@ -17,7 +17,8 @@ import slicerio
 torch = pytest.importorskip("torch")
 
 from CovidSegLib.errors import Cancelled, CovidSegError, ModelError  # noqa: E402
-from CovidSegLib.inference import SliceSegmenter, segment_volume, select_device  # noqa: E402
+from CovidSegLib.inference import (SliceSegmenter, inference_step, plan_interpolation, segment_volume,  # noqa: E402
+                                   select_device)
 from CovidSegLib.intensity import prepare_ct  # noqa: E402
 from CovidSegLib.model import build_network, load_model, save_model  # noqa: E402
 from CovidSegLib.pipeline import SegmentOptions, segment_file  # noqa: E402
@@ -166,7 +167,7 @@ def test_out_of_memory_halves_the_batch_and_gives_the_same_result(volumes: Path,
 def test_real_errors_are_not_mistaken_for_out_of_memory(small_model: Path) -> None:
     segmenter = SliceSegmenter(load_model(small_model), torch.device("cpu"), batch_size=4)
     with pytest.raises(RuntimeError, match="to have 1 channels"):
-        segmenter.predict_with_retry(torch.zeros(4, 3, 64, 64), 64)  # wrong channel count: a bug, not memory
+        segmenter.predict(torch.zeros(4, 3, 64, 64), 64)  # wrong channel count: a bug, not memory
 
 
 def test_device_selection() -> None:
@@ -196,3 +197,14 @@ def test_segment_with_report_writes_both(volumes: Path, small_model: Path, tmp_p
     report = tmp_path / "case_report"
     assert out.is_file() and (report / "report.html").is_file() and (report / "axial.png").is_file()
     assert json.loads((report / "report.json").read_text())["case"] == "case"
+
+
+def test_thin_slices_are_inferred_about_every_2_5_mm_without_bridging_gaps() -> None:
+    assert [inference_step(s) for s in (0.625, 1.0, 1.25, 2.5, 3.0, 10.0)] == [4, 2, 2, 1, 1, 1]
+    slices = np.array([*range(0, 10), 20, 21, 22])  # two runs of candidate slices
+    inferred, between = plan_interpolation(slices, 3)
+    assert inferred.tolist() == [0, 3, 6, 9, 20, 22]  # each run's first and last slice are inferred
+    assert between[:, 0].astype(int).tolist() == [1, 2, 4, 5, 7, 8, 21]
+    row = between[-1]  # slice 21: halfway between inferred slices 20 and 22 (positions 4 and 5)
+    assert (int(row[1]), int(row[2]), row[3]) == (4, 5, 0.5)
+    assert plan_interpolation(slices, 1)[1].shape == (0, 4)

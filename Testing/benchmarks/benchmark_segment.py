@@ -4,12 +4,15 @@
 
 The CT is Slicer's CTChest (``../shared/data/volumes/ctchest4.nrrd``) resampled to 512x512xN (linear), cached
 outside the repository. Each mode runs in its own process, so its peak RSS is its own:
-- ``covidseg``: the product path, read -> checks -> body crop, lung-slice skipping, batched channels-last
-  inference with the next batch prepared on a worker thread -> post-processing -> ``.seg.nrrd`` written.
+- ``covidseg``: the product path, read -> checks -> body crop, lung-slice skipping, the network on slices about
+  2.5 mm apart (logits interpolated between them), batched channels-last inference with the next batch prepared
+  on a worker thread -> post-processing -> ``.seg.nrrd`` written.
 - ``baseline``: the same network and post-processing, float32, one whole slice at a time, no crop, no skipping.
-- ablations (``--modes covidseg,no-crop,no-skip,no-prefetch,no-channels-last``): the product path with one idea
-  switched off, to see what each idea pays.
-Prints seconds end to end (read to labels written), slices/s, peak RSS and the speed-up. Not a test: no asserts.
+- ablations (``--modes covidseg,no-crop,no-skip,no-interpolation,no-prefetch,no-channels-last``): the product
+  path with one idea switched off, to see what each idea pays.
+Prints seconds end to end (read to labels written), slices/s, peak RSS, the speed-up, and how far each mode's
+labels agree with the first ``covidseg`` run's (Dice of lungs and infection): what an idea costs in accuracy.
+Not a test: no asserts.
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ def run_covidseg(ct: Path, out: Path, model_path: str | None, device: str) -> di
 ABLATIONS = {
     "no-crop": {"crop_to_body": False},
     "no-skip": {"skip_slices_without_air": False},
+    "no-interpolation": {"interpolate_thin_slices": False},
     "no-prefetch": {"prefetch_next_batch": False},
     "no-channels-last": {"channels_last": False},
 }
@@ -124,15 +128,26 @@ def run_baseline(ct: Path, out: Path, model_path: str | None, device: str) -> di
     return {"seconds": time.perf_counter() - started, "slices_inferred": hu.shape[0], "device": str(target)}
 
 
-def child(mode: str, ct: Path, model: str | None, device: str) -> None:
-    with tempfile.TemporaryDirectory() as folder:
-        out = Path(folder) / "labels.seg.nrrd"
-        if mode in ABLATIONS:
-            result = run_ablation(ct, out, model, device, ABLATIONS[mode])
-        else:
-            result = (run_covidseg if mode == "covidseg" else run_baseline)(ct, out, model, device)
+def child(mode: str, ct: Path, model: str | None, device: str, out: Path) -> None:
+    if mode in ABLATIONS:
+        result = run_ablation(ct, out, model, device, ABLATIONS[mode])
+    else:
+        result = (run_covidseg if mode == "covidseg" else run_baseline)(ct, out, model, device)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(result))
+
+
+def agreement(labels: Path, reference: Path) -> str:
+    """Dice of lungs and of infection between two label files (n/a: both empty)."""
+    from CovidSegLib.reading import read_segmentation
+
+    a, b = read_segmentation(labels).layers[0], read_segmentation(reference).layers[0]
+    figures = []
+    for values in ((1, 2), (3,)):
+        x, y = sum((a == v for v in values)).astype(bool), sum((b == v for v in values)).astype(bool)
+        total = int(x.sum()) + int(y.sum())
+        figures.append(f"{2 * int((x & y).sum()) / total:.4f}" if total else "n/a")
+    return "/".join(figures)
 
 
 def main() -> None:
@@ -144,9 +159,10 @@ def main() -> None:
                         help="comma-separated: covidseg, baseline, and the ablations " + ", ".join(ABLATIONS))
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--ct", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child, Path(args.ct), args.model, args.device)
+        child(args.child, Path(args.ct), args.model, args.device, Path(args.out))
         return
     ct = make_ct(args.slices)
     import torch
@@ -154,16 +170,23 @@ def main() -> None:
     print(f"CT: {ct.name}; device {args.device}; torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{os.cpu_count()} CPUs")
     runs: list[tuple[str, dict]] = []  # a mode may be named more than once, to see run-to-run noise
-    for mode in args.modes.split(","):
-        command = [sys.executable, __file__, "--child", mode, "--ct", str(ct), "--device", args.device]
-        if args.model:
-            command += ["--model", args.model]
-        output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-        runs.append((mode, json.loads(output.split("RESULT ", 1)[1])))
-    print(f"{'mode':17s} {'seconds':>8s} {'slices/s':>9s} {'inferred':>9s} {'peak RSS MB':>12s}")
+    with tempfile.TemporaryDirectory() as folder:
+        for number, mode in enumerate(args.modes.split(",")):
+            out = Path(folder) / f"{number}-{mode}.seg.nrrd"
+            command = [sys.executable, __file__, "--child", mode, "--ct", str(ct), "--device", args.device,
+                       "--out", str(out)]
+            if args.model:
+                command += ["--model", args.model]
+            output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+            runs.append((mode, json.loads(output.split("RESULT ", 1)[1]) | {"labels": out}))
+        product = next((row["labels"] for mode, row in runs if mode == "covidseg"), runs[0][1]["labels"])
+        for _, row in runs:
+            row["agreement"] = agreement(row["labels"], product)
+    print(f"{'mode':17s} {'seconds':>8s} {'slices/s':>9s} {'inferred':>9s} {'peak RSS MB':>12s} "
+          f"{'Dice vs covidseg (lungs/infection)':>36s}")
     for mode, row in runs:
         print(f"{mode:17s} {row['seconds']:8.1f} {args.slices / row['seconds']:9.1f} "
-              f"{row['slices_inferred']:>9d} {row['peak_rss_mb']:12.0f}")
+              f"{row['slices_inferred']:>9d} {row['peak_rss_mb']:12.0f} {row['agreement']:>36s}")
     best = {}
     for mode, row in runs:
         best[mode] = min(best.get(mode, row["seconds"]), row["seconds"])
