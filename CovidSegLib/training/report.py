@@ -8,7 +8,7 @@
 - MedSeg slices (another hospital): infection Dice, reported as cross-source only when the card's training data
   does not include MedSeg;
 - real volumes: lung Dice against ``ctchest4.seg.nrrd`` and the TotalSegmentator lobes, and the infection volume
-  found in those CTs, which show no COVID-19 (false positives).
+  found in those CTs, which show no COVID-19 (false positives), with how many of their lung slices got some.
 Every prediction goes through the engine's own preprocessing (:mod:`CovidSegLib.training.slices`).
 """
 
@@ -22,6 +22,7 @@ import numpy as np
 
 from ..evaluation import evaluate_case, parse_mapping
 from ..inference import SliceSegmenter, select_device
+from ..labels import INFECTION
 from ..model import ModelCard, load_model
 from ..pipeline import SegmentOptions, segment_file
 from ..slice_evaluation import dice_figures
@@ -70,13 +71,17 @@ def volume_scores(card_path: Path, volumes: Path, work: Path) -> dict:
     }
     for name, (ct, reference, mapping) in cases.items():
         output = work / f"{name}.seg.nrrd"
-        segment_file(ct, output, model, SegmentOptions(device="cpu"))
+        labels = segment_file(ct, output, model, SegmentOptions(device="cpu")).labels
         case = evaluate_case(output, reference, reference_mapping=mapping)
+        lung_slices = (labels > 0).any(axis=(1, 2))
+        infected_slices = (labels >= INFECTION).any(axis=(1, 2))
         results[name] = {
             "lungs_dice": case.metrics["lungs"].dice,
             "left_lung_dice": case.metrics["left_lung"].dice,
             "right_lung_dice": case.metrics["right_lung"].dice,
             "infection_ml_found_in_ct_without_covid": case.metrics["infection"].predicted_volume_ml,
+            "slices_with_lung": int(lung_slices.sum()),
+            "of_those_with_false_infection": int((infected_slices & lung_slices).sum()),
         }
     return results
 
