@@ -20,7 +20,7 @@ from .errors import Cancelled, CovidSegError
 from .model import LoadedModel
 from .orientation import from_canonical, to_canonical
 from .postprocess import postprocess
-from .preprocessing import Box, body_box, candidate_slices, window_to_unit
+from .preprocessing import BodySample, Box, body_box, candidate_slices, window_to_unit
 from .volume import Volume
 
 #: Called with the fraction done (0..1); returning True cancels the run.
@@ -253,7 +253,8 @@ def segment_volume(
     hu = canonical.array
     pixel_mm = float(np.mean(canonical.geometry.spacing[:2]))
     box = body_box(hu, pixel_mm) if switches.crop_to_body else Box(0, 0, max(hu.shape[1:]))
-    slices = candidate_slices(hu, pixel_mm) if switches.skip_slices_without_air else np.arange(hu.shape[0])
+    body = BodySample.of(hu, pixel_mm)
+    slices = candidate_slices(hu, body, pixel_mm) if switches.skip_slices_without_air else np.arange(hu.shape[0])
     segmenter = SliceSegmenter(model, select_device(device), batch_size, switches.channels_last)
     lungs = np.zeros(hu.shape, dtype=bool)
     infection = np.zeros(hu.shape, dtype=bool)
@@ -276,7 +277,7 @@ def segment_volume(
         paste_masks(segmenter, interpolate_logits(logits, chunk), chunk[:, 0].astype(int), box, lungs, infection)
         report(0.8 + 0.1 * min(start + step, len(between)) / len(between))
     network_done = time.perf_counter()
-    labels = from_canonical(postprocess(lungs, infection, canonical.geometry, hu), plan)
+    labels = from_canonical(postprocess(lungs, infection, canonical.geometry, body=body), plan)
     report(1.0)
     finished = time.perf_counter()
     notes = [] if labels.any() else ["no lung found"]

@@ -23,22 +23,30 @@ def lps_left_coordinate(geometry: Geometry, indices_kji: np.ndarray) -> np.ndarr
     return geometry.index_to_lps(np.asarray(indices_kji, dtype=float)[:, ::-1])[:, 0]
 
 
-def _two_lung_seeds(lungs: np.ndarray) -> tuple[np.ndarray, int] | None:
-    """Labelled components whose two largest are both lung-sized, eroding until the lungs part if they touch."""
+def _two_lung_seeds(lungs: np.ndarray) -> tuple[np.ndarray, int, int] | None:
+    """Labelled components whose two largest are both lung-sized, eroding until the lungs part if they touch;
+    with the number of erosions that took."""
     structure = ndimage.generate_binary_structure(3, 1)
     mask = lungs
-    for _ in range(MAX_SEPARATING_EROSIONS + 1):
+    for erosions in range(MAX_SEPARATING_EROSIONS + 1):
         components, count = ndimage.label(mask, structure=structure)
         if count >= 2:
             sizes = np.bincount(components.ravel())[1:]
             first, second = np.sort(sizes)[::-1][:2]
             if second >= MIN_LUNG_FRACTION * first:
-                return components, count
+                return components, count, erosions
         # erode within each axial slice only: slices are thick and the junction line is in-plane
         mask = ndimage.binary_erosion(mask, structure=np.array([[[0, 1, 0], [1, 1, 1], [0, 1, 0]]], dtype=bool))
         if not mask.any():
             return None
     return None
+
+
+def centroid(mask: np.ndarray) -> np.ndarray:
+    """Mean array index ``[k, j, i]`` of a mask's voxels, from its projections (no coordinate list)."""
+    total = mask.sum()
+    return np.array([np.dot(np.arange(mask.shape[axis]), mask.sum(axis=tuple(a for a in range(3) if a != axis)))
+                     / total for axis in range(3)])
 
 
 def bounding_box(mask: np.ndarray) -> tuple[slice, ...]:
@@ -72,17 +80,17 @@ def split_left_right(lungs: np.ndarray, geometry: Geometry) -> np.ndarray:
         coordinates = lps_left_coordinate(geometry, np.argwhere(inside) + offset)
         labels[box][inside] = np.where(coordinates > coordinates.mean(), LEFT_LUNG, RIGHT_LUNG)
         return labels
-    components, count = found
+    components, count, erosions = found
     sizes = np.bincount(components.ravel(), minlength=count + 1)[1:]
     first, second = np.argsort(sizes)[::-1][:2] + 1
-    centroids = np.asarray(ndimage.center_of_mass(components > 0, components, index=[first, second])) + offset
-    first_x, second_x = lps_left_coordinate(geometry, centroids)
-    left = components == (first if first_x > second_x else second)
-    right = components == (second if first_x > second_x else first)
+    first_mask, second_mask = components == first, components == second
     del components
+    first_x, second_x = lps_left_coordinate(geometry, np.stack([centroid(first_mask), centroid(second_mask)]) + offset)
+    left, right = (first_mask, second_mask) if first_x > second_x else (second_mask, first_mask)
     midline = (first_x + second_x) / 2.0
     in_plane = np.array([[[0, 1, 0], [1, 1, 1], [0, 1, 0]]], dtype=bool)
-    for _ in range(MAX_SEPARATING_EROSIONS + 2):
+    # Uneroded seeds are whole connected components already: growing them in-plane cannot add a voxel.
+    for _ in range(MAX_SEPARATING_EROSIONS + 2 if erosions else 0):
         grown_left = ndimage.binary_dilation(left, in_plane) & inside & ~right
         grown_right = ndimage.binary_dilation(right, in_plane) & inside & ~left
         if np.array_equal(grown_left, left) and np.array_equal(grown_right, right):

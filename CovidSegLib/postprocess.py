@@ -12,7 +12,7 @@ from scipy import ndimage
 
 from .labels import INFECTION, LEFT_LUNG, RIGHT_LUNG
 from .lateral import bounding_box, split_left_right
-from .preprocessing import body_mask_2d
+from .preprocessing import BodySample, body_mask_2d
 from .volume import Geometry
 
 #: A lung component smaller than this fraction of the largest one is noise.
@@ -24,11 +24,6 @@ MIN_OUTSIDE_AIR_FRACTION = 0.8
 CLEAN_AIR_HU = -900.0
 #: Infection specks smaller than this (mm³) are dropped.
 MIN_INFECTION_MM3 = 10.0
-
-
-def body_mask(volume_hu: np.ndarray) -> np.ndarray:
-    """Per-slice body masks (the body's outline with the lungs inside it), ``[slices, rows, cols]``."""
-    return np.stack([body_mask_2d(s) for s in volume_hu]) if len(volume_hu) else np.zeros(volume_hu.shape, bool)
 
 
 def keep_lung_components(lungs: np.ndarray, body: np.ndarray | None) -> np.ndarray:
@@ -88,28 +83,36 @@ def _cell_geometry(geometry: Geometry, factor: int) -> Geometry:
 
 
 def postprocess(
-    lungs: np.ndarray, infection: np.ndarray, geometry: Geometry, volume_hu: np.ndarray | None = None
+    lungs: np.ndarray, infection: np.ndarray, geometry: Geometry, volume_hu: np.ndarray | None = None,
+    body: BodySample | None = None,
 ) -> np.ndarray:
     """Label map (1 left lung, 2 right lung, 3 infection) from raw canonical-orientation masks.
 
     Components, sides and holes are decided on ~2.5 mm cells (fast on a 512x512x600 CT); each full-resolution
-    lung voxel then takes its cell's decision, so the boundary keeps the network's full resolution.
+    lung voxel then takes its cell's decision, so the boundary keeps the network's full resolution. The body
+    masks come from ``body`` (the engine's analysis computed them already) or from ``volume_hu``.
     """
     pixel_mm = float(np.mean(geometry.spacing[:2]))
     factor = max(1, int(round(DECISION_CELL_MM / pixel_mm)))
     raw = lungs | infection
     cells = _max_pool_in_plane(raw, factor)
-    body = body_mask(volume_hu[:, ::factor, ::factor])[:, :cells.shape[1], :cells.shape[2]] \
-        if volume_hu is not None else None
-    cells = keep_lung_components(cells, body)
+    if body is None and volume_hu is not None:
+        body = BodySample.of(volume_hu, pixel_mm)
+    cells = keep_lung_components(cells, body.on_grid(factor, cells.shape) if body is not None else None)
     sides = split_left_right(cells, _cell_geometry(geometry, factor))
     labels = np.zeros(raw.shape, dtype=np.uint8)
-    for side in (LEFT_LUNG, RIGHT_LUNG):
-        side_cells = sides == side
-        filled_cells = fill_holes_per_slice(side_cells)
-        in_lung = _upsample_in_plane(side_cells, factor, raw.shape) & raw
-        in_hole = _upsample_in_plane(filled_cells & ~side_cells, factor, raw.shape)
-        labels[(in_lung | in_hole) & (labels == 0)] = side
+    if sides.any():
+        # full-resolution work only inside the lungs' box; its one-cell margin keeps holes what they are
+        cell_box = bounding_box(sides > 0)
+        box = (cell_box[0],) + tuple(slice(b.start * factor, min(b.stop * factor, n))
+                                     for b, n in zip(cell_box[1:], raw.shape[1:]))
+        raw_box, labels_box = raw[box], labels[box]
+        for side in (LEFT_LUNG, RIGHT_LUNG):
+            side_cells = sides[cell_box] == side
+            filled_cells = fill_holes_per_slice(side_cells)
+            in_lung = _upsample_in_plane(side_cells, factor, raw_box.shape) & raw_box
+            in_hole = _upsample_in_plane(filled_cells & ~side_cells, factor, raw_box.shape)
+            labels_box[(in_lung | in_hole) & (labels_box == 0)] = side
     infection = infection & (labels > 0)
     if infection.any():
         box = bounding_box(infection)

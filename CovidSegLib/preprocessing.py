@@ -93,14 +93,35 @@ def body_box(volume_hu: np.ndarray, pixel_mm: float) -> Box:
     return Box(centre_row - side // 2, centre_col - side // 2, side)
 
 
-def candidate_slices(volume_hu: np.ndarray, pixel_mm: float) -> np.ndarray:
+@dataclass(frozen=True)
+class BodySample:
+    """Body masks of every slice on the analysis grid (every ``stride``-th row and column), computed once and
+    shared by slice selection and post-processing."""
+
+    masks: np.ndarray  # [slices, rows // stride (rounded up), cols // stride (rounded up)] bool
+    stride: int
+
+    @classmethod
+    def of(cls, volume_hu: np.ndarray, pixel_mm: float) -> "BodySample":
+        stride = analysis_stride(pixel_mm)
+        sample = volume_hu[:, ::stride, ::stride]
+        masks = np.stack([body_mask_2d(s) for s in sample]) if len(sample) else np.zeros(sample.shape, bool)
+        return cls(masks, stride)
+
+    def on_grid(self, factor: int, shape: tuple[int, int, int]) -> np.ndarray:
+        """The masks on a grid of every ``factor``-th pixel with ``shape`` (nearest sample)."""
+        if factor == self.stride and self.masks.shape == tuple(shape):
+            return self.masks
+        rows = np.minimum(np.arange(shape[1]) * factor // self.stride, self.masks.shape[1] - 1)
+        cols = np.minimum(np.arange(shape[2]) * factor // self.stride, self.masks.shape[2] - 1)
+        return self.masks[:, rows[:, None], cols[None, :]]
+
+
+def candidate_slices(volume_hu: np.ndarray, body: BodySample, pixel_mm: float) -> np.ndarray:
     """Indices of slices with enough air enclosed by the body to hold lung (plus one neighbour each side)."""
-    stride = analysis_stride(pixel_mm)
-    sample = volume_hu[:, ::stride, ::stride]
+    stride = body.stride
     min_pixels = MIN_ENCLOSED_AIR_MM2 / (pixel_mm * pixel_mm * stride * stride)
-    keep = np.zeros(len(sample), dtype=bool)
-    for index, slice_hu in enumerate(sample):
-        enclosed = body_mask_2d(slice_hu) & (slice_hu < AIR_HU)
-        keep[index] = np.count_nonzero(enclosed) >= min_pixels
+    enclosed = body.masks & (volume_hu[:, ::stride, ::stride] < AIR_HU)
+    keep = np.count_nonzero(enclosed, axis=(1, 2)) >= min_pixels
     keep = ndimage.binary_dilation(keep, iterations=1)
     return np.flatnonzero(keep)
