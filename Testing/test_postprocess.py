@@ -10,7 +10,8 @@ import pytest
 from CovidSegLib.labels import INFECTION, LEFT_LUNG, RIGHT_LUNG
 from CovidSegLib.orientation import to_canonical
 from CovidSegLib.lateral import bounding_box
-from CovidSegLib.postprocess import body_mask, keep_lung_components, postprocess
+from CovidSegLib.postprocess import keep_lung_components, postprocess
+from CovidSegLib.preprocessing import BodySample
 from CovidSegLib.reading import read_segmentation, read_volume
 from CovidSegLib.volume import Volume
 
@@ -69,5 +70,17 @@ def test_lungs_touching_the_edge_of_the_image(canonical_case) -> None:
     lungs[:, 60:70, -1] = True
     box = bounding_box(lungs)
     assert [b.stop for b in box][1:] == list(lungs.shape[1:])
-    kept = keep_lung_components(lungs, body=body_mask(ct.array))
+    body = BodySample.of(ct.array, float(np.mean(ct.geometry.spacing[:2])))
+    kept = keep_lung_components(lungs, body=body.on_grid(1, lungs.shape))
     assert np.sum(kept & real) >= real.sum() - 1 and not kept[:, -1, 60:70].any()
+
+
+def test_body_masks_are_shared_across_grids(canonical_case) -> None:
+    """The analysis computes body masks once; post-processing reads them on its own cell grid."""
+    ct, _ = canonical_case
+    body = BodySample.of(ct.array, 0.7)  # as if 0.7 mm pixels: sampled every 4th pixel
+    assert body.stride == 4 and body.masks.shape == (34, 32, 32)
+    cells = body.on_grid(2, (34, 64, 64))  # cells of 2 pixels: each body sample covers 2x2 cells
+    assert cells.shape == (34, 64, 64)
+    assert np.array_equal(cells[:, ::2, ::2], body.masks)
+    assert body.masks.any() and not body.masks.all()
