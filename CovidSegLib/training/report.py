@@ -1,12 +1,14 @@
 """Measure a model the way it will be used, and write the figures into its card.
 
-    python -m CovidSegLib.training.report CARD --corpus DIR [--medseg DIR] [--volumes DIR]
+    python -m CovidSegLib.training.report CARD --corpus DIR [--medseg DIR] [--volumes DIR] [--without-source CARD]
 
 - held-out patients of the slice corpus (the ``test`` groups of ``Resources/model/split.json``): Dice for lungs
   and infection, pooled over all slices and as the mean of per-slice Dice (slices where both masks are empty are
   left out), per group too, with the numbers of slices and groups;
 - MedSeg slices (another hospital): infection Dice, reported as cross-source only when the card's training data
   does not include MedSeg;
+- leave-one-source-out: sibling models trained without MedSeg, or without the corpus, tested on the source they
+  never saw (``--without-source``);
 - real volumes: lung Dice against ``ctchest4.seg.nrrd`` and the TotalSegmentator lobes, and the infection volume
   found in those CTs, which show no COVID-19 (false positives), with how many of their lung slices got some.
 Every prediction goes through the engine's own preprocessing (:mod:`CovidSegLib.training.slices`).
@@ -86,6 +88,22 @@ def volume_scores(card_path: Path, volumes: Path, work: Path) -> dict:
     return results
 
 
+def leave_one_source_out(cards: list[str], corpus: Path, medseg: Path | None) -> dict:
+    """Models trained like this one but without one source, each tested on the source it never saw."""
+    results = {}
+    for card_path in cards:
+        model = load_model(card_path)
+        segmenter = SliceSegmenter(model, select_device("auto"), batch_size=32)
+        entry: dict = {"training_data": model.card.training_data}
+        if "MedSeg" not in model.card.training_data and medseg is not None:
+            entry["tested_on_medseg"] = medseg_scores(segmenter, medseg)
+        if "dstaroff" not in model.card.training_data:
+            held_out = corpus_scores(segmenter, corpus)
+            entry["tested_on_corpus_held_out_patients"] = {"infection": held_out["infection"]}
+        results[model.card.name] = entry
+    return results
+
+
 def main() -> None:
     import tempfile
 
@@ -94,6 +112,9 @@ def main() -> None:
     parser.add_argument("--corpus", required=True, help="the slice corpus' data/img folder")
     parser.add_argument("--medseg", help="medseg_train folder (cross-source test)")
     parser.add_argument("--volumes", help="../shared/data/volumes")
+    parser.add_argument("--without-source", action="append", default=[], metavar="CARD",
+                        help="a model trained without one source (repeatable): tested on the source it never saw, "
+                        "recorded under leave_one_source_out")
     parser.add_argument("--write", action="store_true", help="write the scores into the card")
     args = parser.parse_args()
     card_path = Path(args.card)
@@ -107,6 +128,9 @@ def main() -> None:
         key = "medseg_in_training_data" if trained_on_medseg else "medseg_cross_source"
         scores.pop("medseg_cross_source", None)
         scores[key] = medseg_scores(segmenter, Path(args.medseg))
+    if args.without_source:
+        scores["leave_one_source_out"] = leave_one_source_out(args.without_source, Path(args.corpus),
+                                                              Path(args.medseg) if args.medseg else None)
     if args.volumes:
         with tempfile.TemporaryDirectory() as work:
             scores["real_volumes"] = volume_scores(card_path, Path(args.volumes), Path(work))
