@@ -102,3 +102,15 @@ def test_continuity_groups_cut_at_patient_changes(slices: Path) -> None:
     images = np.concatenate([first, second]) + np.random.default_rng(0).integers(0, 3, (12, 128, 128)).astype(np.uint8)
     lungs = np.concatenate([np.repeat(npz.lungs[:1], 6, axis=0), np.repeat(npz.lungs[1:2] * 0 + 1, 6, axis=0)])
     assert continuity_groups(images, lungs.astype(bool), min_score=5.0) == [(0, 6), (6, 12)]
+
+
+def test_recorded_training_configurations_are_valid() -> None:
+    """Resources/training/ holds the bundled model's configuration and its leave-one-source-out siblings'."""
+    folder = Path(__file__).resolve().parents[1] / "Resources" / "training"
+    configs = {p.stem: TrainConfig.from_file(p) for p in folder.glob("*.json")}
+    assert set(configs) == {"bundled", "corpus-only", "medseg-only"}
+    assert configs["bundled"].corpus and configs["bundled"].medseg
+    assert configs["corpus-only"].corpus and not configs["corpus-only"].medseg
+    assert configs["medseg-only"].medseg and not configs["medseg-only"].corpus
+    bundled_card = json.loads((folder.parent / "model" / "covidseg-unet.json").read_text())["training_config"]
+    assert bundled_card["input_size"] == configs["bundled"].input_size == 144
