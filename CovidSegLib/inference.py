@@ -269,13 +269,14 @@ def segment_volume(
     inferred, between = plan_interpolation(slices, step)
     logits = run_network(segmenter, hu, inferred, box, switches.prefetch_next_batch,
                          lambda fraction: report(0.8 * fraction))
-    step = segmenter.batch_size
-    for start in range(0, len(inferred), step):
-        paste_masks(segmenter, logits[start:start + step], inferred[start:start + step], box, lungs, infection)
-    for start in range(0, len(between), step):
-        chunk = between[start:start + step]
+    chunk_size = segmenter.batch_size  # masks at crop resolution are large: a batch at a time
+    for start in range(0, len(inferred), chunk_size):
+        paste_masks(segmenter, logits[start:start + chunk_size], inferred[start:start + chunk_size], box, lungs,
+                    infection)
+    for start in range(0, len(between), chunk_size):
+        chunk = between[start:start + chunk_size]
         paste_masks(segmenter, interpolate_logits(logits, chunk), chunk[:, 0].astype(int), box, lungs, infection)
-        report(0.8 + 0.1 * min(start + step, len(between)) / len(between))
+        report(0.8 + 0.1 * min(start + chunk_size, len(between)) / len(between))
     network_done = time.perf_counter()
     labels = from_canonical(postprocess(lungs, infection, canonical.geometry, body=body), plan)
     report(1.0)
