@@ -61,11 +61,9 @@ def _read_gray(path: Path, size: int) -> np.ndarray:
 def _read_mask(path: Path, size: int) -> np.ndarray:
     from PIL import Image
 
-    image = Image.open(path)
-    if image.mode == "P":  # palette PNG: indices are the classes
-        array = np.asarray(image) > 0
-    else:
-        array = np.asarray(image.convert("L")) > 127
+    from ..slice_evaluation import read_mask_image
+
+    array = read_mask_image(path)
     if array.shape != (size, size):
         array = np.asarray(Image.fromarray(array.astype(np.uint8) * 255).resize((size, size), Image.NEAREST)) > 127
     return array

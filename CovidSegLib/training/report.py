@@ -29,7 +29,7 @@ from ..model import ModelCard, load_model
 from ..pipeline import SegmentOptions, segment_file
 from ..slice_evaluation import dice_figures
 from ..slices import eight_bit_to_hu, predict_slices
-from .data import load_medseg, load_slice_corpus, read_split
+from .data import SliceSet, load_medseg, load_slice_corpus, read_split, split_indices
 
 
 def predict_eight_bit(segmenter: SliceSegmenter, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -38,11 +38,13 @@ def predict_eight_bit(segmenter: SliceSegmenter, images: np.ndarray) -> tuple[np
     return np.stack(lungs), np.stack(infection)
 
 
-def corpus_scores(segmenter: SliceSegmenter, corpus_root: Path) -> dict:
-    corpus = load_slice_corpus(corpus_root)
+def held_out_slices(corpus_root: Path) -> SliceSet:
+    """The corpus' test groups (read once, scored for every model)."""
+    return load_slice_corpus(corpus_root).subset(split_indices(read_split(), "test"))
+
+
+def corpus_scores(segmenter: SliceSegmenter, test: SliceSet) -> dict:
     groups = read_split()["groups"]["test"]
-    indices = np.concatenate([np.arange(a, b) for a, b in groups])
-    test = corpus.subset(indices)
     lungs, infection = predict_eight_bit(segmenter, test.images)
     result = {"groups": len(groups), "lungs": dice_figures(lungs, test.lungs),
               "infection": dice_figures(infection, test.infection), "per_group": {}}
@@ -88,7 +90,7 @@ def volume_scores(card_path: Path, volumes: Path, work: Path) -> dict:
     return results
 
 
-def leave_one_source_out(cards: list[str], corpus: Path, medseg: Path | None) -> dict:
+def leave_one_source_out(cards: list[str], held_out: SliceSet, medseg: Path | None) -> dict:
     """Models trained like this one but without one source, each tested on the source it never saw."""
     results = {}
     for card_path in cards:
@@ -98,8 +100,8 @@ def leave_one_source_out(cards: list[str], corpus: Path, medseg: Path | None) ->
         if "MedSeg" not in model.card.training_data and medseg is not None:
             entry["tested_on_medseg"] = medseg_scores(segmenter, medseg)
         if "dstaroff" not in model.card.training_data:
-            held_out = corpus_scores(segmenter, corpus)
-            entry["tested_on_corpus_held_out_patients"] = {"infection": held_out["infection"]}
+            scores = corpus_scores(segmenter, held_out)
+            entry["tested_on_corpus_held_out_patients"] = {"infection": scores["infection"]}
         results[model.card.name] = entry
     return results
 
@@ -121,7 +123,8 @@ def main() -> None:
     model = load_model(card_path)
     segmenter = SliceSegmenter(model, select_device("auto"), batch_size=32)
     scores = dict(model.card.scores)
-    scores["held_out_patients"] = corpus_scores(segmenter, Path(args.corpus))
+    held_out = held_out_slices(Path(args.corpus))
+    scores["held_out_patients"] = corpus_scores(segmenter, held_out)
     if args.medseg:
         # cross-source only when the model never saw MedSeg; otherwise it is a fit to training data
         trained_on_medseg = "MedSeg" in model.card.training_data
@@ -129,7 +132,7 @@ def main() -> None:
         scores.pop("medseg_cross_source", None)
         scores[key] = medseg_scores(segmenter, Path(args.medseg))
     if args.without_source:
-        scores["leave_one_source_out"] = leave_one_source_out(args.without_source, Path(args.corpus),
+        scores["leave_one_source_out"] = leave_one_source_out(args.without_source, held_out,
                                                               Path(args.medseg) if args.medseg else None)
     if args.volumes:
         with tempfile.TemporaryDirectory() as work:

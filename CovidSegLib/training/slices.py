@@ -23,6 +23,14 @@ def resize_slices(images: np.ndarray, masks: np.ndarray, window: tuple[float, fl
 
     unit = torch.from_numpy(window_to_unit(eight_bit_to_hu(images, window), window))[:, None]
     unit = F.interpolate(unit, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return unit.numpy(), resize_masks(masks, size).astype(np.float32)
+
+
+def resize_masks(masks: np.ndarray, size: int) -> np.ndarray:
+    """Boolean masks ``[n, c, h, w]`` resized to ``size`` x ``size`` (bilinear, then > 0.5: smooth edges)."""
+    import torch
+    import torch.nn.functional as F
+
     resized = F.interpolate(torch.from_numpy(masks.astype(np.float32)), size=(size, size), mode="bilinear",
                             align_corners=False)
-    return unit.numpy(), (resized > 0.5).float().numpy()
+    return (resized > 0.5).numpy()

@@ -32,6 +32,7 @@ from ..orientation import to_canonical
 from ..preprocessing import body_box
 from ..reading import read_segmentation, read_volume
 from .data import SliceSet
+from .slices import resize_masks
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 #: Folder names of the COVID-19-CT-Seg layout, lower case; the first that exists is used.
@@ -175,8 +176,7 @@ def case_slices(case: VolumeCase, window: tuple[float, float], size: int = 256) 
     images = np.round(images[:, 0].numpy() * 255).astype(np.uint8)
 
     def resize_mask(mask: np.ndarray) -> np.ndarray:
-        cropped = torch.from_numpy(box.crop(mask[chosen], fill=False).astype(np.float32))[:, None]
-        return (F.interpolate(cropped, size=(size, size), mode="bilinear", align_corners=False)[:, 0] > 0.5).numpy()
+        return resize_masks(box.crop(mask[chosen], fill=False)[:, None], size)[:, 0]
 
     n = len(chosen)
     return SliceSet(images, resize_mask(lungs), resize_mask(infection), np.full(n, has_lungs),
