@@ -24,7 +24,7 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from .errors import InputError
-from .slices import read_npz_array
+from .slices import npz_keys, read_npz_array
 from .writing import write_text
 
 #: Mask subfolder names per target, first found wins.
@@ -58,9 +58,9 @@ def slice_masks(folder: Path) -> dict[str, dict[str, Path]]:
         sub = next((folder / n for n in names if (folder / n).is_dir()), None)
         if sub is not None:
             found[target] = {p.stem: p for p in sorted(sub.glob("*.png"))}
-    npz = sorted(folder.glob("*.npz"))
+    npz = {p: npz_keys(p) for p in sorted(folder.glob("*.npz"))}
     for target, keys in NPZ_KEYS.items():
-        with_key = {p.stem: p for p in npz if read_npz_array(p, keys) is not None}
+        with_key = {p.stem: p for p, names in npz.items() if names & set(keys)}
         if with_key and target not in found:
             found[target] = with_key
     return {target: files for target, files in found.items() if files}

@@ -66,6 +66,15 @@ def slice_files(folder: str | Path) -> list[Path]:
     return sorted(files, key=lambda p: (int(p.stem) if p.stem.isdigit() else float("inf"), p.stem))
 
 
+def npz_keys(path: Path) -> set[str]:
+    """The array names in an ``.npz`` file, read from its index without loading any array."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return set(data.files)
+    except (OSError, ValueError) as error:
+        raise InputError(path, f"cannot be read as .npz ({error})") from None
+
+
 def read_npz_array(path: Path, keys: Sequence[str]) -> np.ndarray | None:
     """The first of ``keys`` in an ``.npz`` file (None if it has none of them); refuses pickled objects."""
     try:
