@@ -15,7 +15,7 @@ from vtk.util import numpy_support
 
 import slicer
 
-from CovidSegLib.labels import OUTPUT_LABELS, label_by_name, slicer_terminology_string
+from CovidSegLib.labels import OUTPUT_LABELS, slicer_terminology_string
 from CovidSegLib.volume import Geometry, Volume
 
 try:  # in the Slicer application
@@ -190,16 +190,17 @@ class CovidSegLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def default_mapping(segmentation_node) -> dict[int, list[str]]:
-        """Segments matched to CovidSeg labels by name ("left lung", "Right lung", "infection", ...)."""
+        """Segments matched to CovidSeg labels by name ("left lung", "Right lung", "infection", ...), the way
+        ``covidseg evaluate`` matches the segments of a ``.seg.nrrd``."""
+        from CovidSegLib.evaluation import label_named
+
         segmentation = segmentation_node.GetSegmentation()
         mapping: dict[int, list[str]] = {}
         for index in range(segmentation.GetNumberOfSegments()):
             segment_id = segmentation.GetNthSegmentID(index)
-            try:
-                label = label_by_name(segmentation.GetSegment(segment_id).GetName())
-            except ValueError:
-                continue
-            mapping.setdefault(label.value, []).append(segment_id)
+            value = label_named(segmentation.GetSegment(segment_id).GetName())
+            if value is not None:
+                mapping.setdefault(value, []).append(segment_id)
         return mapping
 
     # ---- compare -----------------------------------------------------------------------------------------

@@ -65,6 +65,19 @@ def parse_mapping(spec: str) -> LabelMapping:
     return LabelMapping({k: tuple(v) for k, v in sources.items()}, text)
 
 
+def label_named(segment_name: str) -> int | None:
+    """The CovidSeg label a segment's name means ("Left lung", "left_lung", "infection"), or None.
+
+    Names that are only numbers ("3") or ``label N`` (what readers call unnamed label-map values) say nothing
+    about anatomy and are not matched."""
+    if segment_name.startswith("label ") or segment_name.strip().isdigit():
+        return None
+    try:
+        return label_by_name(segment_name).value
+    except ValueError:
+        return None
+
+
 def default_mapping(segmentation: Segmentation) -> LabelMapping:
     """How to read a file when no mapping is given.
 
@@ -74,14 +87,9 @@ def default_mapping(segmentation: Segmentation) -> LabelMapping:
     """
     named: dict[int, list[str]] = {}
     for segment in segmentation.segments:
-        if segment.name.startswith("label "):
-            continue
-        try:
-            label = label_by_name(segment.name)
-        except ValueError:
-            continue
-        if not segment.name.strip().isdigit():
-            named.setdefault(label.value, []).append(segment.name)
+        value = label_named(segment.name)
+        if value is not None:
+            named.setdefault(value, []).append(segment.name)
     if named:
         spec = ",".join(f"{'+'.join(names)}={LABELS_BY_VALUE[v].key}" for v, names in named.items())
         return LabelMapping({k: tuple(v) for k, v in named.items()}, spec)
