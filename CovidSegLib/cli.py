@@ -133,7 +133,15 @@ def cmd_predict_slices(args: argparse.Namespace) -> int:
             bar.update(round(fraction * len(slices)) - bar.n)
             return False
 
-        lungs, infection = predict_slices(segmenter, [s.hu for s in slices], segmenter.batch_size, progress)
+        if args.represented:
+            not_eight_bit = next((s.source for s in slices if s.eight_bit is None), None)
+            if not_eight_bit is not None:
+                raise InputError(not_eight_bit, "--represented takes 8-bit images in the model's representation")
+            images = [s.eight_bit for s in slices]
+        else:
+            images = [s.hu for s in slices]
+        lungs, infection = predict_slices(segmenter, images, segmenter.batch_size, progress,
+                                          represented=args.represented)
     write_slice_masks(out, [s.name for s in slices], lungs, infection, protected=[source])
     print(f"{len(slices)} slices from {source} -> {out}/lungs/ and {out}/infection/ (PNG, 0/255)")
     return EXIT_OK
@@ -273,7 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
         "predict-slices", help="segment a folder of single axial slices (8-bit PNG/JPEG, or .npz in HU or 8-bit)",
         description="Runs the model with its own preprocessing on each slice (used whole, no body crop) and writes "
         "OUT/lungs/NAME.png and OUT/infection/NAME.png (0/255), which 'covidseg evaluate OUT DATASET' scores. "
-        "8-bit slices are taken as exports of the model's HU window unless --window says otherwise.",
+        "8-bit slices are taken as exports of the model's HU window unless --window says otherwise, and go "
+        "through the model's representation like HU does; --represented feeds 8-bit slices that are already in it "
+        "(the CLAHE slices of the COVID-19-CT-Seg corpus) as they are.",
     )
     predict.add_argument("images", help="folder of slices, or a dataset folder with an images/ (or ct/) subfolder")
     predict.add_argument("-o", "--output", required=True, help="output folder")
@@ -282,6 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", type=int, help="slices per network call")
     predict.add_argument("--window", type=_window, metavar="LOW,HIGH",
                          help="HU window that 0..255 of 8-bit slices spans (default: the model's window)")
+    predict.add_argument("--represented", action="store_true",
+                         help="8-bit slices are already the model's input representation (corpus CLAHE slices)")
     predict.add_argument("--quiet", action="store_true", help="no progress bar")
     predict.set_defaults(handler=cmd_predict_slices)
 

@@ -3,8 +3,9 @@
 Work is kept small rather than made fast: slices without enclosed air are skipped, on thin-slice CT the network
 runs on slices about 2.5 mm apart and the slices between get interpolated logits, every slice is cropped to
 the body before resizing, the next batch is prepared on a worker thread while the network runs, and the
-outputs are held as two boolean volumes (no float copies of the CT). Preprocessing is read from the model card,
-the same code training uses (:mod:`CovidSegLib.preprocessing`).
+outputs are held as two boolean volumes (no float copies of the CT). The network's image is made from HU by the
+model card's preprocessing, the code training uses too (:mod:`CovidSegLib.representation`); a clahe model sees
+whole slices, as its training corpus did, so the body crop applies to window-mode models only.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from .errors import Cancelled, CovidSegError
 from .model import LoadedModel
 from .orientation import from_canonical, to_canonical
 from .postprocess import postprocess
-from .preprocessing import BodySample, Box, body_box, candidate_slices, window_to_unit
+from .preprocessing import BodySample, Box, body_box, candidate_slices
+from .representation import network_input, represent
 from .volume import Volume
 
 #: Called with the fraction done (0..1); returning True cancels the run.
@@ -105,14 +107,24 @@ class SliceSegmenter:
         self.lungs_channel = self.card.output_index("lungs")
         self.infection_channel = self.card.output_index("infection")
 
-    def prepare(self, slices_hu: np.ndarray, box) -> "torch.Tensor":  # noqa: F821
-        """Crop, window and resize a stack of HU slices to the network input, on the CPU."""
-        torch = self.torch
-        crop = box.crop(slices_hu, fill=AIR_HU)
-        unit = torch.from_numpy(window_to_unit(crop, self.card.preprocessing.window))[:, None]
-        size = self.card.input_size
-        return torch.nn.functional.interpolate(unit, size=(size, size), mode="bilinear", antialias=True,
-                                               align_corners=False)
+    def prepare(self, slices_hu: np.ndarray, box: Box) -> "torch.Tensor":  # noqa: F821
+        """The network input of a stack of HU slices, on the CPU: the card's representation, then resized.
+
+        ``box`` is the square the results are pasted back into; a clahe model needs the whole slice
+        (:func:`whole_slice_box`), which its representation pads to a square itself.
+        """
+        preprocessing = self.card.preprocessing
+        if preprocessing.mode == "clahe":
+            if box != whole_slice_box(slices_hu.shape[-2:]):
+                raise ValueError("a clahe model runs on whole slices, not on a crop")
+            images = represent(slices_hu, preprocessing)
+        else:
+            images = represent(box.crop(slices_hu, fill=AIR_HU), preprocessing)
+        return self.prepare_images(images)
+
+    def prepare_images(self, images: np.ndarray) -> "torch.Tensor":  # noqa: F821
+        """The network input of 8-bit images already in the model's representation (e.g. corpus slices)."""
+        return network_input(images, self.card.input_size)
 
     def logits(self, batch: "torch.Tensor") -> "torch.Tensor":  # noqa: F821
         """Lung and infection logits ``[n, 2, size, size]`` (float32, CPU) for one prepared batch."""
@@ -166,6 +178,11 @@ class _InlineExecutor:
         future: Future = Future()
         future.set_result(function(*args))
         return future
+
+
+def whole_slice_box(shape: tuple[int, int]) -> Box:
+    """The square that holds a whole slice, padded at the bottom and right (as the representation pads)."""
+    return Box(0, 0, max(shape))
 
 
 def _logit(probability: float) -> float:
@@ -252,7 +269,8 @@ def segment_volume(
     canonical, plan = to_canonical(volume)
     hu = canonical.array
     pixel_mm = float(np.mean(canonical.geometry.spacing[:2]))
-    box = body_box(hu, pixel_mm) if switches.crop_to_body else Box(0, 0, max(hu.shape[1:]))
+    crop_to_body = switches.crop_to_body and model.card.preprocessing.crop == "body"
+    box = body_box(hu, pixel_mm) if crop_to_body else whole_slice_box(hu.shape[1:])
     body = BodySample.of(hu, pixel_mm)
     slices = candidate_slices(hu, body, pixel_mm) if switches.skip_slices_without_air else np.arange(hu.shape[0])
     segmenter = SliceSegmenter(model, select_device(device), batch_size, switches.channels_last)

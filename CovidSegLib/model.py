@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ModelError
+from .representation import Preprocessing
 
 if TYPE_CHECKING:  # torch is imported only when a network is built
     import torch
@@ -28,14 +29,6 @@ BUNDLED_CANDIDATES = (
     Path(__file__).resolve().parent.parent / "Resources" / "model" / BUNDLED_NAME,
 )
 BUNDLED_CARD = next((p for p in BUNDLED_CANDIDATES if p.is_file()), BUNDLED_CANDIDATES[-1])
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """Intensity and geometry preprocessing the network was trained with."""
-
-    window: tuple[float, float] = (-1250.0, 250.0)  # HU mapped linearly onto 0..1, clipped
-    crop: str = "body"  # "body": square crop around the body before resizing; "none": the whole slice
 
 
 @dataclass(frozen=True)
@@ -78,6 +71,9 @@ class ModelCard:
             document["preprocessing"] = Preprocessing(**{
                 k: tuple(v) if isinstance(v, list) else v for k, v in document.get("preprocessing", {}).items()
             })
+            problem = document["preprocessing"].problem()
+            if problem:
+                raise ModelError(f"{source}: this CovidSeg cannot run the model: {problem}")
             document["decoder_channels"] = tuple(document["decoder_channels"])
             document["outputs"] = tuple(document["outputs"])
             document["limitations"] = tuple(document.get("limitations", ()))

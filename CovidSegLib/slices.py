@@ -2,11 +2,12 @@
 
 Public COVID-19 slice sets (the COVID-19-CT-Seg slice corpus, MedSeg) ship axial slices as 8-bit images of a
 lung window, sometimes as HU arrays in ``.npz``. An 8-bit slice is mapped back to HU-equivalents over a window
-(the model's own unless the caller knows the export's window), so it goes through exactly the windowing,
-resizing and thresholding of :class:`CovidSegLib.inference.SliceSegmenter` that volumes get. Slices are used
-whole, without the body crop: a body box cannot be found reliably on slices whose contrast was enhanced (CLAHE
-turns the air around the patient into noise as bright as tissue), and crops around the lungs have no body
-outline at all. Training zooms slices by up to 1.35x, which covers the tighter body crop of volumes.
+(the model's own unless the caller knows the export's window), so it goes through exactly the representation,
+resizing and thresholding of :class:`CovidSegLib.inference.SliceSegmenter` that volumes get. Slices that are
+already in the model's representation (the corpus' CLAHE images) are fed as they are (``represented``): a second
+CLAHE would change them. Slices are used whole, without the body crop: a body box cannot be found reliably on
+slices whose contrast was enhanced (CLAHE turns the air around the patient into noise as bright as tissue), and
+crops around the lungs have no body outline at all.
 
 Predicted masks are written as 0/255 PNGs in ``OUT/lungs/`` and ``OUT/infection/`` under each slice's name, the
 layout :mod:`CovidSegLib.slice_evaluation` reads back.
@@ -22,8 +23,8 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from .errors import Cancelled, InputError
+from .inference import whole_slice_box
 from .postprocess import postprocess_slice
-from .preprocessing import Box
 from .writing import atomic_output
 
 SLICE_SUFFIXES = (".png", ".jpg", ".jpeg", ".npz")
@@ -38,6 +39,7 @@ class SliceImage:
     name: str  # file stem: the key that pairs a slice with its masks
     hu: np.ndarray  # [rows, cols] int16 HU or HU-equivalents
     source: Path
+    eight_bit: np.ndarray | None = None  # the image as stored, when it is an 8-bit image
 
 
 def eight_bit_to_hu(images: np.ndarray, window: tuple[float, float]) -> np.ndarray:
@@ -107,12 +109,10 @@ def read_slice(path: Path, window: tuple[float, float]) -> SliceImage:
     if not np.isfinite(array).all():
         raise InputError(path, "contains NaN or infinite values")
     if array.dtype == np.uint8:
-        hu = eight_bit_to_hu(array, window)
-    else:
-        if array.min() >= 0 and array.max() <= 255:
-            raise InputError(path, "values 0..255 stored as numbers: save 8-bit slices as uint8, or HU as HU")
-        hu = np.clip(array, -32768, 32767).astype(np.int16)
-    return SliceImage(path.stem, hu, path)
+        return SliceImage(path.stem, eight_bit_to_hu(array, window), path, array)
+    if array.min() >= 0 and array.max() <= 255:
+        raise InputError(path, "values 0..255 stored as numbers: save 8-bit slices as uint8, or HU as HU")
+    return SliceImage(path.stem, np.clip(array, -32768, 32767).astype(np.int16), path)
 
 
 def read_slices(folder: str | Path, window: tuple[float, float]) -> list[SliceImage]:
@@ -120,13 +120,14 @@ def read_slices(folder: str | Path, window: tuple[float, float]) -> list[SliceIm
 
 
 def predict_slices(segmenter, slices_hu: Iterable[np.ndarray], batch_size: int = 32,
-                   progress: Callable[[float], bool] | None = None, postprocess: bool = True
-                   ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+                   progress: Callable[[float], bool] | None = None, postprocess: bool = True,
+                   represented: bool = False) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Lung and infection masks at each slice's own size; slices of equal shape share network calls.
 
-    Non-square slices are padded with air to a square, as the volume path pads its body box. With
-    ``postprocess``, :func:`CovidSegLib.postprocess.postprocess_slice` cleans slices that show a body outline.
-    ``progress(fraction)`` returning True cancels (raises :class:`Cancelled`).
+    Non-square slices are padded to a square, as the representation pads them. With ``postprocess``,
+    :func:`CovidSegLib.postprocess.postprocess_slice` cleans slices that show a body outline. ``represented``:
+    the slices are 8-bit square images already in the model's representation, fed as they are (no HU, so no
+    post-processing). ``progress(fraction)`` returning True cancels (raises :class:`Cancelled`).
     """
     slices_hu = list(slices_hu)
     lungs: list[np.ndarray] = [np.zeros(0, bool)] * len(slices_hu)
@@ -136,17 +137,20 @@ def predict_slices(segmenter, slices_hu: Iterable[np.ndarray], batch_size: int =
         by_shape.setdefault(hu.shape, []).append(index)
     done = 0
     for shape, indices in by_shape.items():
-        whole = Box(0, 0, max(shape))
+        whole = whole_slice_box(shape)
         for start in range(0, len(indices), batch_size):
             chunk = indices[start:start + batch_size]
             stack = np.stack([slices_hu[i] for i in chunk])
-            lung_crop, infection_crop = segmenter.predict(segmenter.prepare(stack, whole), whole.side)
+            if represented and shape[0] != shape[1]:
+                raise ValueError(f"slices in the model's representation are square, not {shape}")
+            batch = segmenter.prepare_images(stack) if represented else segmenter.prepare(stack, whole)
+            lung_crop, infection_crop = segmenter.predict(batch, whole.side)
             for position, index in enumerate(chunk):
                 lungs[index] = np.zeros(shape, bool)
                 infection[index] = np.zeros(shape, bool)
                 whole.paste(lung_crop[position], lungs[index])
                 whole.paste(infection_crop[position], infection[index])
-                if postprocess:
+                if postprocess and not represented:
                     lungs[index], infection[index] = postprocess_slice(lungs[index], infection[index],
                                                                        slices_hu[index])
             done += len(chunk)

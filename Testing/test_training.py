@@ -4,7 +4,7 @@ an interrupted run resumes to the same result, and fine-tuning starts from an ex
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,8 @@ from CovidSegLib.reading import read_volume  # noqa: E402
 from CovidSegLib.training.data import continuity_groups, load_medseg, load_npz_slices, read_split  # noqa: E402
 from CovidSegLib.training.train import TrainConfig, train  # noqa: E402
 
+PREPROCESSING = TrainConfig(out_dir="").preprocessing()
+
 
 def _config(slices: Path, out: Path, **changes) -> TrainConfig:
     config = TrainConfig(out_dir=str(out), medseg=str(slices / "medseg_train"), npz_slices=str(slices),
@@ -28,11 +30,14 @@ def _config(slices: Path, out: Path, **changes) -> TrainConfig:
 
 
 def test_real_slice_sources_load(slices: Path) -> None:
-    medseg = load_medseg(slices / "medseg_train")
+    medseg = load_medseg(slices / "medseg_train", PREPROCESSING)
     assert len(medseg.names) == 50 and medseg.infection.any() and not medseg.has_lungs.any()
-    npz = load_npz_slices(slices)
+    assert medseg.images.shape[1:] == medseg.infection.shape[1:] == (256, 256)
+    npz = load_npz_slices(slices, PREPROCESSING)
     assert len(npz.names) == 5 and npz.lungs.any() and not npz.has_infection.any()
     assert npz.images.dtype == np.uint8 and npz.images.max() > 200
+    with_variants = load_npz_slices(slices, PREPROCESSING, variants=TrainConfig(out_dir="").hu_variants())
+    assert len(with_variants.names) == 10 and not np.array_equal(with_variants.images[0], with_variants.images[1])
 
 
 def test_short_training_lowers_loss_and_exports_a_loadable_model(slices: Path, volumes: Path, tmp_path: Path
@@ -95,11 +100,11 @@ def test_recorded_split_keeps_patient_groups_apart() -> None:
 
 def test_continuity_groups_cut_at_patient_changes(slices: Path) -> None:
     """Two real patients' slices in a row: one cut, exactly where the patient changes."""
-    medseg = load_medseg(slices / "medseg_train", size=128)
-    npz = load_npz_slices(slices, size=128)
+    medseg = load_medseg(slices / "medseg_train", PREPROCESSING)
+    npz = load_npz_slices(slices, PREPROCESSING)
     first = np.repeat(npz.images[:1], 6, axis=0)  # one patient, a run of similar slices
     second = np.repeat(medseg.images[:1], 6, axis=0)
-    images = np.concatenate([first, second]) + np.random.default_rng(0).integers(0, 3, (12, 128, 128)).astype(np.uint8)
+    images = np.concatenate([first, second]) + np.random.default_rng(0).integers(0, 3, (12, 256, 256)).astype(np.uint8)
     lungs = np.concatenate([np.repeat(npz.lungs[:1], 6, axis=0), np.repeat(npz.lungs[1:2] * 0 + 1, 6, axis=0)])
     assert continuity_groups(images, lungs.astype(bool), min_score=5.0) == [(0, 6), (6, 12)]
 
@@ -112,5 +117,7 @@ def test_recorded_training_configurations_are_valid() -> None:
     assert configs["bundled"].corpus and configs["bundled"].medseg
     assert configs["corpus-only"].corpus and not configs["corpus-only"].medseg
     assert configs["medseg-only"].medseg and not configs["medseg-only"].corpus
-    bundled_card = json.loads((folder.parent / "model" / "covidseg-unet.json").read_text())["training_config"]
-    assert bundled_card["input_size"] == configs["bundled"].input_size == 144
+    assert configs["bundled"].healthy_volumes and configs["bundled"].preprocessing().mode == "clahe"
+    bundled_card = json.loads((folder.parent / "model" / "covidseg-unet.json").read_text())
+    assert bundled_card["training_config"]["input_size"] == configs["bundled"].input_size
+    assert bundled_card["preprocessing"] == json.loads(json.dumps(asdict(configs["bundled"].preprocessing())))

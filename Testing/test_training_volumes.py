@@ -29,7 +29,7 @@ from CovidSegLib.training.volumes import covid19_ct_seg_key, find_volume_cases, 
 
 from conftest import PROJECT_ROOT, run_cli  # noqa: E402
 
-WINDOW = (-1250.0, 250.0)
+PREPROCESSING = TrainConfig(out_dir="").preprocessing()
 
 
 @pytest.fixture(scope="module")
@@ -73,9 +73,11 @@ def test_covid19_ct_seg_names_pair_up() -> None:
 def test_covid19_ct_seg_layout_gives_canonical_slices_with_masks(covid19_ct_seg: Path) -> None:
     cases = find_volume_cases(covid19_ct_seg)
     assert [c.case for c in cases] == ["coronacases_001"]
-    slices = load_volume_slices(covid19_ct_seg, WINDOW)
-    # CTChest: 34 slices of 10 mm, the lungs in 28 of them; every one is kept (10 mm > the 2.5 mm gap)
-    assert slices.images.shape == (28, 256, 256) and slices.images.dtype == np.uint8
+    slices = load_volume_slices(covid19_ct_seg, PREPROCESSING)
+    # CTChest: 34 slices of 10 mm, the lungs in 28 of them; every one is kept (10 mm > the 2.5 mm gap), those
+    # above and below the lungs too (the engine meets them in every CT)
+    assert slices.images.shape == (34, 256, 256) and slices.images.dtype == np.uint8
+    assert (~slices.lungs.any(axis=(1, 2))).sum() == 6
     assert slices.has_lungs.all() and slices.has_infection.all()
     assert set(slices.groups) == {"coronacases_001"}
     assert slices.infection.any() and not (slices.infection & ~slices.lungs).any()
@@ -86,10 +88,31 @@ def test_covid19_ct_seg_layout_gives_canonical_slices_with_masks(covid19_ct_seg:
 
 def test_pairs_need_a_label_map_for_foreign_codes(pairs: Path) -> None:
     with pytest.raises(Exception, match="not in the CovidSeg scheme"):
-        load_volume_slices(pairs, WINDOW)
-    slices = load_volume_slices(pairs, WINDOW, label_map="totalseg-lobes")
+        load_volume_slices(pairs, PREPROCESSING)
+    slices = load_volume_slices(pairs, PREPROCESSING, label_map="totalseg-lobes")
     assert slices.has_lungs.all() and not slices.has_infection.any()
     assert slices.lungs.any() and slices.groups[0] == "totalseg"
+
+
+def test_healthy_volumes_teach_no_infection_on_every_slice(pairs: Path, volumes: Path, tmp_path: Path) -> None:
+    """CTs without COVID-19: infection is labelled (empty) on every slice, neck and abdomen included; lungs are
+    labelled where masks come with them, and bare CTs (no masks) train the infection output only."""
+    labelled = load_volume_slices(pairs, PREPROCESSING, label_map="totalseg-lobes", healthy=True)
+    assert labelled.has_infection.all() and not labelled.infection.any() and labelled.has_lungs.all()
+    assert (~labelled.lungs.any(axis=(1, 2))).any()  # abdominal slices below the lungs: "no lung" is taught
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "ctchest.nrrd").symlink_to(volumes / "ctchest4.nrrd")
+    (bare / "notes.txt").write_text("not a CT")
+    unlabelled = load_volume_slices(bare, PREPROCESSING, healthy=True)
+    assert len(unlabelled.names) == 34 and unlabelled.has_infection.all() and not unlabelled.has_lungs.any()
+    with pytest.raises(Exception, match="labels infection in a volume given as healthy"):
+        infected = tmp_path / "infected"
+        (infected / "images").mkdir(parents=True)
+        (infected / "labels").mkdir()
+        (infected / "images" / "case.nrrd").symlink_to(volumes / "ctchest4.nrrd")
+        (infected / "labels" / "case.nrrd").symlink_to(volumes / "ctchest4.seg.nrrd")
+        load_volume_slices(infected, PREPROCESSING, label_map="5=infection,6=left_lung", healthy=True)
 
 
 def test_folds_split_by_patient(covid19_ct_seg: Path, slices: Path, tmp_path: Path) -> None:
@@ -132,7 +155,8 @@ def test_fine_tune_on_a_nifti_folder_with_the_documented_command(covid19_ct_seg:
     (tmp_path / "tune.json").write_text(json.dumps(config))
     result = run_cli("train", str(tmp_path / "tune.json"))
     assert result.returncode == 0, result.stderr
-    assert "training on 28 slices" in result.stdout and "fewer than 3 patients" in result.stdout
+    # 34 slices, each rendered with the product's HU clip and with the radiopaedia half's
+    assert "training on 68 slices" in result.stdout and "fewer than 3 patients" in result.stdout
     card = load_model(tmp_path / "tuned" / "tuned.json").card
     assert "volumes from COVID-19-CT-Seg" in card.training_data
     assert len(json.loads((tmp_path / "tuned" / "history.json").read_text())) == 2

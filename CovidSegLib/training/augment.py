@@ -3,8 +3,10 @@
 Geometry: rotation, zoom (a body crop, a full field of view and a tight crop around the lungs must all look
 familiar), shift, small elastic deformation, left-right flip (harmless: sides are assigned from patient
 coordinates afterwards).
-Intensity: window jitter, gamma, contrast and brightness, blur and noise, so that 8-bit exports, CLAHE-enhanced
-slices and plain HU windows all fall inside what the network has seen.
+Intensity: window jitter, gamma, contrast and brightness, blur and noise, so that scanners and reconstruction
+kernels other than the training data's fall inside what the network has seen.
+Resolution: some slices are shrunk and enlarged again (bilinear), so coarse CT (3 mm pixels, as in Slicer's
+CTChest sample, or thick-slice reconstructions) looks familiar; blur covers smooth kernels and thick slices.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ class AugmentConfig:
     brightness: float = 0.08
     blur_probability: float = 0.2
     noise_sigma: float = 0.03
+    lowres_probability: float = 0.2
+    lowres_factor: tuple[float, float] = (1.5, 4.0)  # the image is shrunk by this factor, then enlarged back
 
 
 def augment(images: torch.Tensor, masks: torch.Tensor, config: AugmentConfig, generator: torch.Generator
@@ -61,8 +65,25 @@ def augment(images: torch.Tensor, masks: torch.Tensor, config: AugmentConfig, ge
     images = images ** uniform(*config.gamma).view(n, 1, 1, 1)
     images = images * uniform(*config.contrast).view(n, 1, 1, 1) + uniform(
         -config.brightness, config.brightness).view(n, 1, 1, 1)
+    images = _lower_resolution(images, config, generator)
     blur = (torch.rand(n, generator=generator) < config.blur_probability).view(n, 1, 1, 1)
     images = torch.where(blur, F.avg_pool2d(images, 3, stride=1, padding=1), images)
     sigma = uniform(0, config.noise_sigma).view(n, 1, 1, 1)
     images = images + torch.randn(images.shape, generator=generator) * sigma
     return images.clamp(0, 1), masks
+
+
+def _lower_resolution(images: torch.Tensor, config: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
+    """Shrink a random share of the images by a random factor and enlarge them back (detail lost, size kept)."""
+    chosen = torch.rand(images.shape[0], generator=generator) < config.lowres_probability
+    factors = torch.rand(images.shape[0], generator=generator) * (config.lowres_factor[1] - config.lowres_factor[0]) \
+        + config.lowres_factor[0]
+    if not chosen.any():
+        return images
+    images = images.clone()
+    side = images.shape[-1]
+    for index in torch.nonzero(chosen).flatten().tolist():
+        small = max(8, int(round(side / float(factors[index]))))
+        shrunk = F.interpolate(images[index:index + 1], size=(small, small), mode="area")
+        images[index:index + 1] = F.interpolate(shrunk, size=images.shape[-2:], mode="bilinear", align_corners=False)
+    return images

@@ -1,8 +1,11 @@
 """Labelled slice datasets and the patient-level split.
 
-Every sample is an 8-bit lung-window slice (0..255), a lung mask and an infection mask, with a flag per target
-saying whether it is labelled (MedSeg has infection masks but no lung masks: its lung loss is switched off,
-not trained towards "no lung").
+Every sample is an 8-bit image already in the model's representation (:mod:`CovidSegLib.representation`: the
+corpus' CLAHE transform at 256x256), a lung mask and an infection mask on the same 256x256 grid, with a flag per
+target saying whether it is labelled (MedSeg has infection masks but no lung masks: its lung loss is switched
+off, not trained towards "no lung"). The corpus images are that representation as they are; every other source
+is turned into it from HU (or from an 8-bit windowed export mapped back to HU-equivalents) by the code the
+engine runs at inference.
 
 The dstaroff/COVID19-CT-Segmentation corpus stores 1614 slices of 20 patients without patient ids. Patients
 are recovered from slice-to-slice continuity (:func:`continuity_groups`), cutting only at strong jumps: a cut
@@ -18,6 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from ..representation import CLAHE_SIZE, Preprocessing, represent
+from ..slice_evaluation import read_mask_image
+from ..slices import eight_bit_to_hu
+from .slices import resize_masks
 
 SPLIT_FILE = Path(__file__).resolve().parents[2] / "Resources" / "model" / "split.json"
 #: Group of slices whose patient is unknown (MedSeg): never used to validate a fold, always trained on.
@@ -49,35 +57,43 @@ class SliceSet:
                         [n for s in sets for n in s.names], [g for s in sets for g in s.groups])
 
 
-def _read_gray(path: Path, size: int) -> np.ndarray:
+def _read_gray(path: Path) -> np.ndarray:
     from PIL import Image
 
-    image = Image.open(path).convert("L")
-    if image.size != (size, size):
-        image = image.resize((size, size), Image.BILINEAR)
-    return np.asarray(image)
+    with Image.open(path) as image:
+        return np.asarray(image.convert("L"))
 
 
-def _read_mask(path: Path, size: int) -> np.ndarray:
-    from PIL import Image
+def square_masks(masks: np.ndarray, size: int = CLAHE_SIZE) -> np.ndarray:
+    """Masks ``[n, rows, cols]`` on the representation's grid: padded at the bottom and right to a square, as
+    :func:`CovidSegLib.representation.clahe_image` pads the image, then resized to ``size``."""
+    rows, cols = masks.shape[-2:]
+    side = max(rows, cols)
+    square = np.zeros(masks.shape[:-2] + (side, side), bool)
+    square[..., :rows, :cols] = masks
+    return square if side == size else resize_masks(square[:, None], size)[:, 0]
 
-    from ..slice_evaluation import read_mask_image
 
-    array = read_mask_image(path)
-    if array.shape != (size, size):
-        array = np.asarray(Image.fromarray(array.astype(np.uint8) * 255).resize((size, size), Image.NEAREST)) > 127
-    return array
+def represent_hu(slices: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
+    """HU slices ``[n, rows, cols]`` in the model's representation (uint8 ``[n, 256, 256]``)."""
+    if preprocessing.mode != "clahe":
+        raise ValueError("training makes clahe models only: the corpus exists only as CLAHE images")
+    return represent(slices, preprocessing)
 
 
-def load_slice_corpus(root: Path, size: int = 256) -> SliceSet:
-    """The dstaroff corpus: ``ct/NNNN.png``, ``lungs/NNNN.png``, ``covid/NNNN.png`` (0/255), in case order."""
+def load_slice_corpus(root: Path, size: int = CLAHE_SIZE) -> SliceSet:
+    """The dstaroff corpus: ``ct/NNNN.png``, ``lungs/NNNN.png``, ``covid/NNNN.png`` (0/255), in case order.
+
+    Its images are the representation itself (256x256 CLAHE), used as they are."""
     root = Path(root)
     names = sorted(p.name for p in (root / "ct").glob("*.png"))
     if not names:
         raise FileNotFoundError(f"{root}: no ct/*.png slices (is this the dstaroff corpus' data/img folder?)")
-    images = np.stack([_read_gray(root / "ct" / n, size) for n in names])
-    lungs = np.stack([_read_mask(root / "lungs" / n, size) for n in names])
-    infection = np.stack([_read_mask(root / "covid" / n, size) for n in names])
+    images = np.stack([_read_gray(root / "ct" / n) for n in names])
+    if images.shape[1:] != (size, size):
+        raise ValueError(f"{root}: corpus slices are {images.shape[1:]}, not the representation's {size}x{size}")
+    lungs = np.stack([read_mask_image(root / "lungs" / n) for n in names])
+    infection = np.stack([read_mask_image(root / "covid" / n) for n in names])
     ones = np.ones(len(names), bool)
     groups = [NO_PATIENT] * len(names)
     for part in read_split()["groups"].values():
@@ -86,12 +102,18 @@ def load_slice_corpus(root: Path, size: int = 256) -> SliceSet:
     return SliceSet(images, lungs, infection, ones, ones.copy(), [f"corpus/{n}" for n in names], groups)
 
 
-def load_medseg(root: Path, size: int = 256) -> SliceSet:
-    """MedSeg training slices: ``images/N.jpg`` with ``infection_masks/N.png``; no lung masks."""
+def load_medseg(root: Path, preprocessing: Preprocessing, window: tuple[float, float] = (-1250.0, 250.0)
+                ) -> SliceSet:
+    """MedSeg training slices: ``images/N.jpg`` (8-bit crops around the lungs, taken as exports of ``window``)
+    with ``infection_masks/N.png``; no lung masks."""
     root = Path(root)
     names = sorted((p.stem for p in (root / "images").glob("*.jpg")), key=int)
-    images = np.stack([_read_gray(root / "images" / f"{n}.jpg", size) for n in names])
-    infection = np.stack([_read_mask(root / "infection_masks" / f"{n}.png", size) for n in names])
+    images, infection = [], []
+    for name in names:
+        image = _read_gray(root / "images" / f"{name}.jpg")
+        images.append(represent_hu(eight_bit_to_hu(image[None], window), preprocessing)[0])
+        infection.append(square_masks(read_mask_image(root / "infection_masks" / f"{name}.png")[None])[0])
+    images, infection = np.stack(images), np.stack(infection)
     return SliceSet(images, np.zeros_like(infection), infection, np.zeros(len(names), bool),
                     np.ones(len(names), bool), [f"medseg/{n}" for n in names], [NO_PATIENT] * len(names))
 
@@ -119,27 +141,26 @@ def split_indices(split: dict, part: str) -> np.ndarray:
     return np.concatenate([np.arange(a, b) for a, b in split["groups"][part]])
 
 
-def load_npz_slices(folder: Path, size: int = 256, window: tuple[float, float] = (-1250.0, 250.0)) -> SliceSet:
-    """COVID-19-CT-Seg slices saved as ``.npz`` (``image`` in HU or 8-bit windowed, ``lung_mask`` 1 left 2 right).
+def load_npz_slices(folder: Path, preprocessing: Preprocessing, window: tuple[float, float] = (-1250.0, 250.0),
+                    variants: tuple[Preprocessing, ...] = ()) -> SliceSet:
+    """COVID-19-CT-Seg slices saved as ``.npz`` (``image`` in HU or 8-bit windowed, ``lung_mask`` 1 left 2 right),
+    as nibabel returns them: ``np.rot90`` brings them to the display orientation the representation expects.
 
-    HU images are windowed to 8-bit over ``window`` (what the corpus' exporter did); 8-bit images are taken as
-    already windowed. Lungs are labelled, infection is not.
+    8-bit images are taken as exports of ``window``. Lungs are labelled, infection is not. Each slice is also
+    rendered with every preprocessing of ``variants`` (augmentation: e.g. with and without the HU clip).
     """
-    from PIL import Image
-
     images, lungs, names = [], [], []
     for path in sorted(Path(folder).glob("*.npz")):
         with np.load(path) as data:
-            image, mask = data["image"], data["lung_mask"] > 0
-        if image.dtype != np.uint8:
-            low, high = window
-            image = np.round(np.clip((image.astype(np.float32) - low) / (high - low), 0, 1) * 255).astype(np.uint8)
-        images.append(np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR)))
-        lungs.append(np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), Image.NEAREST)) > 127)
-        names.append(f"npz/{path.stem}")
+            image, mask = np.rot90(data["image"]), np.rot90(data["lung_mask"] > 0)
+        hu = eight_bit_to_hu(image, window) if image.dtype == np.uint8 else image
+        for variant in (preprocessing, *variants):
+            images.append(represent_hu(hu[None], variant)[0])
+            lungs.append(square_masks(mask[None])[0])
+            names.append(f"npz/{path.stem}")
     if not names:
         raise FileNotFoundError(f"{folder}: no .npz slices")
     n = len(names)
     groups = [re.sub(r"_slice\d+$", "", name) for name in names]  # ma2020_coronacases_001_slice098: one case
-    return SliceSet(np.stack(images), np.stack(lungs), np.zeros((n, size, size), bool), np.ones(n, bool),
-                    np.zeros(n, bool), names, groups)
+    empty = np.zeros((n, CLAHE_SIZE, CLAHE_SIZE), bool)
+    return SliceSet(np.stack(images), np.stack(lungs), empty, np.ones(n, bool), np.zeros(n, bool), names, groups)

@@ -1,17 +1,22 @@
 """Measure a model the way it will be used, and write the figures into its card.
 
-    python -m CovidSegLib.training.report CARD --corpus DIR [--medseg DIR] [--volumes DIR] [--without-source CARD]
+    python -m CovidSegLib.training.report CARD --corpus DIR [--medseg DIR] [--volumes DIR] [--hu-slices DIR]
+        [--healthy PATH ...] [--healthy-trained PATH ...] [--without-source CARD]
 
-- held-out patients of the slice corpus (the ``test`` groups of ``Resources/model/split.json``): Dice for lungs
-  and infection, pooled over all slices and as the mean of per-slice Dice (slices where both masks are empty are
-  left out), per group too, with the numbers of slices and groups;
-- MedSeg slices (another hospital): infection Dice, reported as cross-source only when the card's training data
-  does not include MedSeg;
+Every figure comes through the engine's own representation of the image (:mod:`CovidSegLib.representation`):
+
+- held-out patients of the slice corpus (the ``test`` groups of ``Resources/model/split.json``): the corpus
+  images are the representation itself (made from HU by the transform the engine runs, bit for bit), fed as they
+  are; Dice for lungs and infection, pooled and as the mean of per-slice Dice, per group too;
+- the HU slices with expert infection (``--hu-slices``) through ``covidseg segment``'s own path: each slice
+  stacked into a 5-slice volume (0.75 mm pixels, 1 mm slices), segmented, written and read back;
+- MedSeg slices (8-bit windowed crops, through the representation): infection Dice, labelled a fit when MedSeg
+  was in the training data;
 - leave-one-source-out: sibling models trained without MedSeg, or without the corpus, tested on the source they
   never saw (``--without-source``);
-- real volumes: lung Dice against ``ctchest4.seg.nrrd`` and the TotalSegmentator lobes, and the infection volume
-  found in those CTs, which show no COVID-19 (false positives), with how many of their lung slices got some.
-Every prediction goes through the engine's own preprocessing (:mod:`CovidSegLib.training.slices`).
+- CTs without COVID-19: lung Dice where a reference exists (CTChest, the TotalSegmentator lobes) and the
+  infection the model finds there (false positives, mL and slices), on every volume, each marked held out or
+  trained on.
 """
 
 from __future__ import annotations
@@ -28,13 +33,17 @@ from ..labels import INFECTION
 from ..model import ModelCard, load_model
 from ..pipeline import SegmentOptions, segment_file
 from ..slice_evaluation import dice_figures
-from ..slices import eight_bit_to_hu, predict_slices
+from ..slices import predict_slices
 from .data import SliceSet, load_medseg, load_slice_corpus, read_split, split_indices
 
+#: How the HU slices are stacked into a volume for ``covidseg segment`` (their true spacing is not stored).
+HU_SLICE_PIXEL_MM = 0.75
+HU_SLICE_COPIES = 5
 
-def predict_eight_bit(segmenter: SliceSegmenter, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Lung and infection masks ``[n, h, w]`` for 8-bit slices of the model's window."""
-    lungs, infection = predict_slices(segmenter, eight_bit_to_hu(images, segmenter.card.preprocessing.window))
+
+def predict_represented(segmenter: SliceSegmenter, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Lung and infection masks ``[n, h, w]`` for 8-bit slices already in the model's representation."""
+    lungs, infection = predict_slices(segmenter, list(images), represented=True)
     return np.stack(lungs), np.stack(infection)
 
 
@@ -45,7 +54,7 @@ def held_out_slices(corpus_root: Path) -> SliceSet:
 
 def corpus_scores(segmenter: SliceSegmenter, test: SliceSet) -> dict:
     groups = read_split()["groups"]["test"]
-    lungs, infection = predict_eight_bit(segmenter, test.images)
+    lungs, infection = predict_represented(segmenter, test.images)
     result = {"groups": len(groups), "lungs": dice_figures(lungs, test.lungs),
               "infection": dice_figures(infection, test.infection), "per_group": {}}
     start = 0
@@ -60,33 +69,96 @@ def corpus_scores(segmenter: SliceSegmenter, test: SliceSet) -> dict:
 
 
 def medseg_scores(segmenter: SliceSegmenter, root: Path) -> dict:
-    medseg = load_medseg(root)
-    _, infection = predict_eight_bit(segmenter, medseg.images)
+    """MedSeg's 8-bit crops as ``covidseg predict-slices`` reads them: HU-equivalents of the model's window,
+    through its representation; scored on the representation's 256x256 grid."""
+    medseg = load_medseg(root, segmenter.card.preprocessing, segmenter.card.preprocessing.window)
+    _, infection = predict_represented(segmenter, medseg.images)
     return {"infection": dice_figures(infection, medseg.infection)}
 
 
-def volume_scores(card_path: Path, volumes: Path, work: Path) -> dict:
+def hu_slice_scores(card_path: Path, folder: Path, work: Path) -> dict:
+    """Infection (and lung) Dice of the HU slices through ``covidseg segment``: each slice (display orientation)
+    stacked into a volume in LPS, written as NRRD, segmented and written by the product path, read back."""
+    import SimpleITK as sitk
+
+    from ..evaluation import default_mapping, mapped_masks
+    from ..labels import INFECTION_VALUES, LEFT_LUNG, RIGHT_LUNG
+    from ..reading import read_segmentation
+
     model = load_model(card_path)
-    results = {}
-    cases = {
-        "ctchest4": (volumes / "ctchest4.nrrd", volumes / "ctchest4.seg.nrrd", None),
-        "totalseg_example": (volumes / "totalseg_example_ct_sm.nii.gz", volumes / "totalseg_example_ct_sm_seg.nii.gz",
-                             parse_mapping("totalseg-lobes")),
+    infection_pred, infection_ref, lungs_pred, lungs_ref, per_slice = [], [], [], [], {}
+    for path in sorted(folder.glob("*.npz")):
+        with np.load(path) as data:
+            hu, lungs, infection = (np.rot90(data[k]) for k in ("image", "lung_mask", "infection_mask"))
+        image = sitk.GetImageFromArray(np.repeat(hu[None], HU_SLICE_COPIES, axis=0).astype(np.int16))
+        image.SetSpacing((HU_SLICE_PIXEL_MM, HU_SLICE_PIXEL_MM, 1.0))  # identity direction: LPS, display rows
+        ct, output = work / f"{path.stem}.nrrd", work / f"{path.stem}.seg.nrrd"
+        sitk.WriteImage(image, str(ct))
+        segment_file(ct, output, model, SegmentOptions(device="cpu"))
+        written = read_segmentation(output)
+        middle = HU_SLICE_COPIES // 2
+        masks = {value: mask[middle] for value, mask in mapped_masks(written, default_mapping(written)).items()}
+        empty = np.zeros(hu.shape, bool)
+        found_infection = np.logical_or.reduce([masks.get(v, empty) for v in INFECTION_VALUES])
+        infection_pred.append(found_infection)
+        infection_ref.append(infection > 0)
+        lungs_pred.append(masks.get(LEFT_LUNG, empty) | masks.get(RIGHT_LUNG, empty) | found_infection)
+        lungs_ref.append(lungs > 0)
+        per_slice[path.stem] = dice_figures(infection_pred[-1][None], infection_ref[-1][None])["pooled_dice"]
+    return {"infection": dice_figures(np.stack(infection_pred), np.stack(infection_ref)),
+            "lungs": dice_figures(np.stack(lungs_pred), np.stack(lungs_ref)),
+            "infection_dice_per_slice": per_slice,
+            "how": f"each slice stacked {HU_SLICE_COPIES}x into a volume ({HU_SLICE_PIXEL_MM} mm pixels, 1 mm "
+                   "slices) and run through covidseg segment; scored on its middle slice"}
+
+
+def healthy_volume_scores(model, ct: Path, work: Path, reference: Path | None = None, mapping=None) -> dict:
+    """Segment a CT without COVID-19 the product's way: the infection found is false; lung Dice if a reference."""
+    output = work / f"{ct.name.split('.')[0]}.seg.nrrd"
+    segmented = segment_file(ct, output, model, SegmentOptions(device="cpu"))
+    labels = segmented.labels
+    lung_slices = (labels > 0).any(axis=(1, 2))
+    infected_slices = (labels >= INFECTION).any(axis=(1, 2))
+    result = {
+        "false_infection_ml": float((labels >= INFECTION).sum() * segmented.volume.geometry.voxel_volume_ml),
+        "slices": int(len(labels)),
+        "slices_with_lung": int(lung_slices.sum()),
+        "slices_with_false_infection": int(infected_slices.sum()),
     }
-    for name, (ct, reference, mapping) in cases.items():
-        output = work / f"{name}.seg.nrrd"
-        labels = segment_file(ct, output, model, SegmentOptions(device="cpu")).labels
+    if reference is not None:
         case = evaluate_case(output, reference, reference_mapping=mapping)
-        lung_slices = (labels > 0).any(axis=(1, 2))
-        infected_slices = (labels >= INFECTION).any(axis=(1, 2))
-        results[name] = {
-            "lungs_dice": case.metrics["lungs"].dice,
-            "left_lung_dice": case.metrics["left_lung"].dice,
-            "right_lung_dice": case.metrics["right_lung"].dice,
-            "infection_ml_found_in_ct_without_covid": case.metrics["infection"].predicted_volume_ml,
-            "slices_with_lung": int(lung_slices.sum()),
-            "of_those_with_false_infection": int((infected_slices & lung_slices).sum()),
-        }
+        result.update({"lungs_dice": case.metrics["lungs"].dice, "left_lung_dice": case.metrics["left_lung"].dice,
+                       "right_lung_dice": case.metrics["right_lung"].dice})
+    return result
+
+
+def _named(entry: str) -> tuple[str, str]:
+    """``NAME=PATH`` or ``PATH`` (named after its file) or a bare name."""
+    if "=" in entry:
+        name, path = entry.split("=", 1)
+        return name, path
+    return Path(entry).name.split(".")[0], entry
+
+
+def healthy_scores(card_path: Path, volumes: Path | None, held_out: list[str], trained: list[str], work: Path
+                   ) -> dict:
+    """False infection on every CT without COVID-19, each marked held out or trained on. ``trained`` entries
+    that name a case of ``volumes`` (``totalseg_example``) without a path mark that case as trained on."""
+    model = load_model(card_path)
+    trained_named = [_named(entry) for entry in trained]
+    trained_names = {name for name, _ in trained_named}
+    cases: list[tuple[str, Path, Path | None, object]] = []
+    if volumes is not None:
+        cases.append(("ctchest4", volumes / "ctchest4.nrrd", volumes / "ctchest4.seg.nrrd", None))
+        cases.append(("totalseg_example", volumes / "totalseg_example_ct_sm.nii.gz",
+                      volumes / "totalseg_example_ct_sm_seg.nii.gz", parse_mapping("totalseg-lobes")))
+    known = {name for name, *_ in cases}
+    cases += [(name, Path(path), None, None) for name, path in map(_named, held_out)]
+    cases += [(name, Path(path), None, None) for name, path in trained_named if name not in known]
+    results = {}
+    for name, ct, reference, mapping in cases:
+        results[name] = {"in_training_data": name in trained_names,
+                         **healthy_volume_scores(model, ct.expanduser(), work, reference, mapping)}
     return results
 
 
@@ -113,7 +185,13 @@ def main() -> None:
     parser.add_argument("card")
     parser.add_argument("--corpus", required=True, help="the slice corpus' data/img folder")
     parser.add_argument("--medseg", help="medseg_train folder (cross-source test)")
-    parser.add_argument("--volumes", help="../shared/data/volumes")
+    parser.add_argument("--volumes", help="../shared/data/volumes (CTChest held out, the TotalSegmentator example)")
+    parser.add_argument("--hu-slices", help="../shared/data/slices/hu_infection: HU slices through covidseg segment")
+    parser.add_argument("--healthy", action="append", default=[], metavar="[NAME=]CT",
+                        help="a CT without COVID-19 the model never saw (repeatable): false infection")
+    parser.add_argument("--healthy-trained", action="append", default=[], metavar="[NAME=]CT",
+                        help="a CT without COVID-19 in the training data (repeatable; a bare name marks a --volumes "
+                             "case, e.g. totalseg_example): false infection, marked so")
     parser.add_argument("--without-source", action="append", default=[], metavar="CARD",
                         help="a model trained without one source (repeatable): tested on the source it never saw, "
                         "recorded under leave_one_source_out")
@@ -121,7 +199,7 @@ def main() -> None:
     args = parser.parse_args()
     card_path = Path(args.card)
     model = load_model(card_path)
-    segmenter = SliceSegmenter(model, select_device("auto"), batch_size=32)
+    segmenter = SliceSegmenter(model, select_device("auto"), batch_size=16)
     scores = dict(model.card.scores)
     held_out = held_out_slices(Path(args.corpus))
     scores["held_out_patients"] = corpus_scores(segmenter, held_out)
@@ -134,9 +212,13 @@ def main() -> None:
     if args.without_source:
         scores["leave_one_source_out"] = leave_one_source_out(args.without_source, held_out,
                                                               Path(args.medseg) if args.medseg else None)
-    if args.volumes:
-        with tempfile.TemporaryDirectory() as work:
-            scores["real_volumes"] = volume_scores(card_path, Path(args.volumes), Path(work))
+    with tempfile.TemporaryDirectory() as work:
+        if args.hu_slices:
+            scores["hu_slices_through_segment"] = hu_slice_scores(card_path, Path(args.hu_slices), Path(work))
+        if args.volumes or args.healthy or args.healthy_trained:
+            scores.pop("real_volumes", None)  # the first model's name for these figures
+            scores["ct_without_covid"] = healthy_scores(card_path, Path(args.volumes) if args.volumes else None,
+                                                        args.healthy, args.healthy_trained, Path(work))
     print(json.dumps(scores, indent=2))
     if args.write:
         document = json.loads(card_path.read_text())

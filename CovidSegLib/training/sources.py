@@ -19,21 +19,28 @@ from .volumes import load_volume_slices
 
 
 def load_sources(config) -> tuple[list[SliceSet], SliceSet | None]:
-    """The training pool per source, and the corpus' validation groups (None without the corpus)."""
+    """The training pool per source, and the corpus' validation groups (None without the corpus).
+
+    HU sources are rendered with the model's preprocessing and with each of ``config.hu_variants()`` (the
+    corpus itself mixes both: its HU half was normalised unclipped, its radiopaedia half clipped)."""
     parts, corpus_validation = [], None
+    preprocessing, variants, window = config.preprocessing(), config.hu_variants(), tuple(config.window)
     if config.corpus:
         corpus = load_slice_corpus(Path(config.corpus).expanduser())
         split = read_split()
         parts.append(corpus.subset(split_indices(split, "train")))
         corpus_validation = corpus.subset(split_indices(split, "validation"))
     if config.medseg:
-        parts.append(load_medseg(Path(config.medseg).expanduser()))
+        parts.append(load_medseg(Path(config.medseg).expanduser(), preprocessing, window))
     if config.npz_slices:
-        parts.append(load_npz_slices(Path(config.npz_slices).expanduser(), window=tuple(config.window)))
+        parts.append(load_npz_slices(Path(config.npz_slices).expanduser(), preprocessing, window, variants))
     if config.volumes:
-        parts.append(load_volume_slices(config.volumes, tuple(config.window), config.label_map))
+        parts.append(load_volume_slices(config.volumes, preprocessing, config.label_map, variants))
+    for folder, label_map in config.healthy_folders():
+        parts.append(load_volume_slices(folder, preprocessing, label_map, variants, healthy=True))
     if not parts:
-        raise ValueError("no training data: set corpus, medseg, npz_slices and/or volumes in the configuration")
+        raise ValueError("no training data: set corpus, medseg, npz_slices, volumes and/or healthy_volumes in the "
+                         "configuration")
     return parts, corpus_validation
 
 

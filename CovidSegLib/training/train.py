@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..model import ModelCard, Preprocessing, build_network, load_model, save_model
+from ..model import ModelCard, build_network, load_model, save_model
+from ..representation import AIR_TO_METAL, RADIOPAEDIA_CLIP, Preprocessing
 from .augment import AugmentConfig, augment
 from .data import SliceSet
 from .slices import resize_slices
@@ -33,6 +34,9 @@ class TrainConfig:
     npz_slices: str | None = None  # folder of COVID-19-CT-Seg .npz slices (lungs only)
     volumes: str | None = None  # COVID-19-CT-Seg NIfTI layout or images/ + labels/ pairs (training/volumes.py)
     label_map: str | None = None  # what the pairs' label values mean (a covidseg evaluate mapping spec)
+    #: CTs without COVID-19 (infection labelled empty everywhere): folders, each a path or
+    #: {"path": ..., "label_map": ...} when its image + label pairs need a mapping (a covidseg evaluate spec)
+    healthy_volumes: tuple = ()
     folds: int = 0  # k-fold cross-validation by patient: 0 off, else the number of folds
     fold: int = 0  # the fold that validates in this run
     device: str = "auto"  # auto: this process' GPU when there is one, else CPU
@@ -42,8 +46,11 @@ class TrainConfig:
     encoder: str = "resnet18"
     encoder_depth: int = 5
     decoder_channels: tuple[int, ...] = (128, 64, 32, 16, 8)
-    input_size: int = 128
-    window: tuple[float, float] = (-1250.0, 250.0)
+    input_size: int = 256
+    window: tuple[float, float] = (-1250.0, 250.0)  # the HU window 8-bit sources (MedSeg, radiopaedia) span
+    clip_hu: tuple[float, float] | None = AIR_TO_METAL  # the representation's HU clip (None: unclipped)
+    render_hu_variants: bool = True  # also render HU sources as the corpus' radiopaedia half was (augmentation)
+    select_best: bool = True  # export the epoch of best validation Dice; False: the last epoch
     epochs: int = 30
     batch_size: int = 16
     learning_rate: float = 2e-3
@@ -57,10 +64,28 @@ class TrainConfig:
     @classmethod
     def from_file(cls, path: str | Path) -> "TrainConfig":
         document = json.loads(Path(path).read_text())
-        for key in ("decoder_channels", "window"):
-            if key in document:
+        for key in ("decoder_channels", "window", "clip_hu", "healthy_volumes"):
+            if document.get(key) is not None:
                 document[key] = tuple(document[key])
         return cls(**document)
+
+    def healthy_folders(self) -> list[tuple[str, str | None]]:
+        """``(folder, label_map)`` of every entry of ``healthy_volumes``."""
+        return [(entry, None) if isinstance(entry, str) else (entry["path"], entry.get("label_map"))
+                for entry in self.healthy_volumes]
+
+    def preprocessing(self) -> Preprocessing:
+        """The representation the model is trained in (written into its card)."""
+        return Preprocessing(mode="clahe", window=tuple(self.window), crop="none",
+                             clip_hu=tuple(self.clip_hu) if self.clip_hu is not None else None)
+
+    def hu_variants(self) -> tuple[Preprocessing, ...]:
+        """Other renderings of HU sources, as augmentation: the radiopaedia half's clip (the corpus mixes both)."""
+        from dataclasses import replace
+
+        if not self.render_hu_variants or self.clip_hu == RADIOPAEDIA_CLIP:
+            return ()
+        return (replace(self.preprocessing(), clip_hu=RADIOPAEDIA_CLIP),)
 
 
 def seed_everything(seed: int) -> None:
@@ -90,7 +115,7 @@ def masked_loss(logits, targets, labelled):
 
 def prepare_arrays(slices: SliceSet, config: TrainConfig):
     masks = np.stack([slices.lungs, slices.infection], axis=1)
-    images, masks = resize_slices(slices.images, masks, config.window, config.input_size)
+    images, masks = resize_slices(slices.images, masks, config.input_size)
     labelled = np.stack([slices.has_lungs, slices.has_infection], axis=1)
     return images, masks, labelled
 
@@ -118,7 +143,7 @@ def make_card(config: TrainConfig, scores: dict | None = None, training_data: st
     return ModelCard(
         name=config.name, architecture="Unet", encoder=config.encoder, encoder_depth=config.encoder_depth,
         decoder_channels=tuple(config.decoder_channels), in_channels=1, input_size=config.input_size,
-        outputs=OUTPUTS, preprocessing=Preprocessing(window=tuple(config.window), crop="body"),
+        outputs=OUTPUTS, preprocessing=config.preprocessing(),
         weights_file="", weights_sha256="", training_data=training_data, scores=scores or {},
         licence="Weights: CC BY-NC-SA 4.0 (trained on COVID-19-CT-Seg data, non-commercial research use)",
         description="2D U-Net on axial slices; sigmoid outputs: lungs (both, merged) and infection "
@@ -175,7 +200,8 @@ def train(config: TrainConfig, log=print) -> Path:
     log(f"training on {len(train_set.names)} slices, validating on {len(validation.names)} ({how}); "
         f"{dist.describe()}")
 
-    network = load_model(config.init_model).network if config.init_model else build_network(make_card(config))
+    network = load_model(Path(config.init_model).expanduser()).network if config.init_model else \
+        build_network(make_card(config))
     if config.freeze_encoder:
         for parameter in network.encoder.parameters():
             parameter.requires_grad = False
@@ -201,7 +227,8 @@ def train(config: TrainConfig, log=print) -> Path:
     images, masks, labelled = (torch.from_numpy(a) for a in train_arrays)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
-    while state["epoch"] < config.epochs and state["epoch"] - state["best_epoch"] <= config.patience:
+    while state["epoch"] < config.epochs and (
+            not config.select_best or state["epoch"] - state["best_epoch"] <= config.patience):
         model.train()
         started = time.time()
         order_generator, augment_generator = epoch_generators(config.seed, state["epoch"], dist.rank)
@@ -220,7 +247,8 @@ def train(config: TrainConfig, log=print) -> Path:
             losses.append(loss.item())
         if lead:
             scores = pooled_dice(network, *validation_arrays, device=device)
-            state = record_epoch(state, scores, float(np.mean(losses)), time.time() - started, network, out_dir)
+            state = record_epoch(state, scores, float(np.mean(losses)), time.time() - started, network, out_dir,
+                                 config.select_best)
             torch.save({"model": network.state_dict(), "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(), "state": json.dumps(state)}, out_dir / "checkpoint.tmp")
             (out_dir / "checkpoint.tmp").replace(checkpoint)
@@ -231,8 +259,10 @@ def train(config: TrainConfig, log=print) -> Path:
     card_path = out_dir / f"{config.name}.json"
     if lead:
         network.load_state_dict(torch.load(out_dir / "best.pt", weights_only=True, map_location=device))
+        selection = "best validation Dice" if config.select_best else "last epoch (no selection)"
         card = make_card(config, {"validation_pooled_dice": state["history"][state["best_epoch"] - 1]["validation"],
-                                  "best_epoch": state["best_epoch"]}, describe_data(config, train_set, how))
+                                  "best_epoch": state["best_epoch"], "epochs_trained": state["epoch"],
+                                  "exported_epoch_chosen_by": selection}, describe_data(config, train_set, how))
         save_model(network.cpu(), card, card_path)
         (out_dir / "history.json").write_text(json.dumps(state["history"], indent=2))
         log(f"exported {card_path} (best epoch {state['best_epoch']})")
@@ -253,14 +283,16 @@ def select_training_device(requested: str) -> "torch.device":  # noqa: F821
     return torch.device(requested)
 
 
-def record_epoch(state: dict, scores: dict, loss: float, seconds: float, network, out_dir: Path) -> dict:
-    """Add an epoch to the history; keep the weights when the mean validation Dice is the best so far."""
+def record_epoch(state: dict, scores: dict, loss: float, seconds: float, network, out_dir: Path,
+                 select_best: bool = True) -> dict:
+    """Add an epoch to the history; keep the weights when the mean validation Dice is the best so far (or every
+    epoch's, when ``select_best`` is off and the last epoch is exported)."""
     import torch
 
     state["epoch"] += 1
     score = float(np.nanmean(list(scores.values())))
     state["history"].append({"epoch": state["epoch"], "loss": loss, "validation": scores, "seconds": seconds})
-    if score > state["best_score"]:
+    if score > state["best_score"] or not select_best:
         state["best_score"], state["best_epoch"] = score, state["epoch"]
         torch.save(network.state_dict(), out_dir / "best.pt")
     return state
@@ -272,6 +304,8 @@ def describe_data(config: TrainConfig, train_set: SliceSet, how: str) -> str:
         ("MedSeg medseg_train", config.medseg),
         ("COVID-19-CT-Seg npz slices", config.npz_slices),
         (f"volumes from {Path(str(config.volumes)).name}", config.volumes),
+        (f"healthy volumes (no COVID-19) from {', '.join(Path(f).name for f, _ in config.healthy_folders())}",
+         config.healthy_volumes),
     ) if used]
     return f"{' + '.join(sources)} ({len(train_set.names)} slices); {how}"
 

@@ -1,9 +1,13 @@
 """Training slices from full CT volumes: the COVID-19-CT-Seg NIfTI layout and generic image + label pairs.
 
 Researchers with whole volumes fine-tune on them. Each volume is read like ``covidseg segment`` reads a CT
-(canonical orientation, HU checked), cut to the same square box around the body that inference crops to, and
-its axial slices through the lungs become 8-bit slices of the training window, so training sees exactly what
-the engine will feed the network. One volume is one patient (its slices share a group for k-fold splits).
+(canonical orientation, HU checked), and its axial slices, whole and about 2.5 mm apart from the first slice to
+the last (neck, abdomen and pelvis too: the engine meets them in every CT), are turned into the model's
+representation by the code the engine runs, so training sees exactly what the engine will feed the network.
+One volume is one patient (its slices share a group for k-fold splits).
+
+Volumes of patients without COVID-19 (``healthy_volumes``) teach the model what is not infection: their
+infection target is labelled empty on every slice, and their lungs are labelled where lung masks come with them.
 
 Layouts (found automatically):
 
@@ -14,6 +18,7 @@ Layouts (found automatically):
 - image + label pairs: ``images/NAME.nii.gz`` with ``labels/NAME.nii.gz`` (nnU-Net's ``imagesTr/NAME_0000``
   with ``labelsTr/NAME`` too). Labels in CovidSeg values (1 left lung, 2 right lung, 3 infection, 4 GGO,
   5 consolidation), or any codes with ``label_map`` (a ``covidseg evaluate`` mapping spec or preset).
+- healthy volumes: image + label pairs as above, or a folder of bare CT files and DICOM series (no masks).
 """
 
 from __future__ import annotations
@@ -29,10 +34,9 @@ from ..evaluation import LabelMapping, align_to_grid, default_mapping, mapped_ma
 from ..intensity import DEFAULT_WINDOW, prepare_ct
 from ..labels import INFECTION_VALUES, LEFT_LUNG, RIGHT_LUNG
 from ..orientation import to_canonical
-from ..preprocessing import body_box
 from ..reading import read_segmentation, read_volume
-from .data import SliceSet
-from .slices import resize_masks
+from ..representation import Preprocessing
+from .data import SliceSet, represent_hu, square_masks
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 #: Folder names of the COVID-19-CT-Seg layout, lower case; the first that exists is used.
@@ -140,50 +144,62 @@ def _masks_on_ct(path: Path, mapping: LabelMapping | None, ct) -> dict[int, np.n
     return masks
 
 
-def case_slices(case: VolumeCase, window: tuple[float, float], size: int = 256) -> SliceSet:
-    """8-bit slices through the lungs of one case, cut to the inference body box, with its masks."""
-    import torch
-    import torch.nn.functional as F
+def case_slices(case: VolumeCase, preprocessing: Preprocessing, variants: tuple[Preprocessing, ...] = (),
+                healthy: bool = False) -> SliceSet:
+    """Whole axial slices about 2.5 mm apart through the whole volume, in the model's representation (once per
+    preprocessing of ``(preprocessing, *variants)``), with the masks on the representation's grid.
 
-    from ..inference import AIR_HU
-    from ..preprocessing import window_to_unit
-
+    ``healthy``: the patient has no COVID-19, so infection is labelled (empty) on every slice.
+    """
     ct = _read_ct(case.image)
     masks: dict[int, np.ndarray] = {}
     if case.lungs is not None:
         masks.update(_masks_on_ct(case.lungs, case.mapping, ct))
     if case.infection is not None:
-        infection = _masks_on_ct(case.infection, parse_mapping("covid19-ct-seg-infection"), ct)
-        masks.update(infection)
+        masks.update(_masks_on_ct(case.infection, parse_mapping("covid19-ct-seg-infection"), ct))
     has_lungs = LEFT_LUNG in masks or RIGHT_LUNG in masks
-    has_infection = any(v in masks for v in INFECTION_VALUES)
+    has_infection = healthy or any(v in masks for v in INFECTION_VALUES)
+    if not (has_lungs or has_infection):
+        raise InputError(case.lungs or case.image, "no lung or infection labels: nothing to train on")
     empty = np.zeros(ct.array.shape, bool)
     lungs = masks.get(LEFT_LUNG, empty) | masks.get(RIGHT_LUNG, empty)
     infection = np.logical_or.reduce([masks.get(v, empty) for v in INFECTION_VALUES])
+    if healthy and infection.any():
+        raise InputError(case.lungs, "labels infection in a volume given as healthy")
     canonical, plan = to_canonical(ct)
     lungs, infection = plan.to_canonical(lungs), plan.to_canonical(infection)
     if has_infection:
         lungs |= infection  # infection lies in the lung; some masks leave it out of the lung label
-    labelled = lungs | infection
-    if not labelled.any():
-        raise InputError(case.lungs or case.infection, "masks are empty: nothing to train on")
     step = max(1, int(round(MIN_SLICE_GAP_MM / float(canonical.geometry.spacing[2]))))
-    chosen = np.flatnonzero(labelled.any(axis=(1, 2)))[::step]
-    box = body_box(canonical.array, float(np.mean(canonical.geometry.spacing[:2])))
-    hu = box.crop(canonical.array[chosen], fill=AIR_HU)
-    unit = torch.from_numpy(window_to_unit(hu, window))[:, None]
-    images = F.interpolate(unit, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    images = np.round(images[:, 0].numpy() * 255).astype(np.uint8)
-
-    def resize_mask(mask: np.ndarray) -> np.ndarray:
-        return resize_masks(box.crop(mask[chosen], fill=False)[:, None], size)[:, 0]
-
-    n = len(chosen)
-    return SliceSet(images, resize_mask(lungs), resize_mask(infection), np.full(n, has_lungs),
-                    np.full(n, has_infection), [f"{case.case}/{k}" for k in chosen], [case.case] * n)
+    chosen = np.arange(0, canonical.array.shape[0], step)
+    images = np.concatenate([represent_hu(canonical.array[chosen], p) for p in (preprocessing, *variants)])
+    copies = 1 + len(variants)
+    lung_masks = np.concatenate([square_masks(lungs[chosen])] * copies)
+    infection_masks = np.concatenate([square_masks(infection[chosen])] * copies)
+    n = len(images)
+    return SliceSet(images, lung_masks, infection_masks, np.full(n, has_lungs), np.full(n, has_infection),
+                    [f"{case.case}/{k}" for k in chosen] * copies, [case.case] * n)
 
 
-def load_volume_slices(root: str | Path, window: tuple[float, float], label_map: str | None = None,
-                       size: int = 256) -> SliceSet:
+def find_healthy_cases(root: str | Path, label_map: str | None = None) -> list[VolumeCase]:
+    """CTs of patients without COVID-19: image + label pairs (lungs labelled), else every CT file or DICOM
+    series in the folder (no masks)."""
+    from ..pipeline import find_cases
+
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise InputError(root, "not a folder of healthy training volumes")
+    for images, labels in PAIR_FOLDERS:
+        if (root / images).is_dir() and (root / labels).is_dir():
+            return _pair_cases(root / images, root / labels, parse_mapping(label_map) if label_map else None)
+    cases = [VolumeCase(_strip_suffix(path.name), path, None, None, None) for path in find_cases(root)]
+    if not cases:
+        raise InputError(root, "holds no CT files or DICOM series")
+    return cases
+
+
+def load_volume_slices(root: str | Path, preprocessing: Preprocessing, label_map: str | None = None,
+                       variants: tuple[Preprocessing, ...] = (), healthy: bool = False) -> SliceSet:
     """Every case of a volume folder as training slices (see the module docstring for the layouts)."""
-    return SliceSet.concatenate([case_slices(case, window, size) for case in find_volume_cases(root, label_map)])
+    cases = find_healthy_cases(root, label_map) if healthy else find_volume_cases(root, label_map)
+    return SliceSet.concatenate([case_slices(case, preprocessing, variants, healthy) for case in cases])

@@ -7,7 +7,8 @@ outside the repository. Each mode runs in its own process, so its peak RSS is it
 - ``covidseg``: the product path, read -> checks -> body crop, lung-slice skipping, the network on slices about
   2.5 mm apart (logits interpolated between them), batched channels-last inference with the next batch prepared
   on a worker thread -> post-processing -> ``.seg.nrrd`` written.
-- ``baseline``: the same network and post-processing, float32, one whole slice at a time, no crop, no skipping.
+- ``baseline``: the same network, representation and post-processing, float32, one whole slice at a time, no
+  crop, no skipping, no interpolation.
 - ablations (``--modes covidseg,no-crop,no-skip,no-interpolation,no-prefetch,no-channels-last``): the product
   path with one idea switched off, to see what each idea pays.
 Prints seconds end to end (read to labels written), slices/s, peak RSS, the speed-up, and how far each mode's
@@ -94,13 +95,13 @@ def run_baseline(ct: Path, out: Path, model_path: str | None, device: str) -> di
     import torch
     import torch.nn.functional as F
 
-    from CovidSegLib.inference import select_device
+    from CovidSegLib.inference import AIR_HU, select_device, whole_slice_box
     from CovidSegLib.intensity import prepare_ct
     from CovidSegLib.model import load_model
     from CovidSegLib.orientation import from_canonical, to_canonical
     from CovidSegLib.postprocess import postprocess
-    from CovidSegLib.preprocessing import window_to_unit
     from CovidSegLib.reading import read_volume
+    from CovidSegLib.representation import network_input, represent
     from CovidSegLib.writing import write_label_map
 
     model = load_model(model_path)
@@ -113,14 +114,16 @@ def run_baseline(ct: Path, out: Path, model_path: str | None, device: str) -> di
     hu = canonical.array
     lungs = np.zeros(hu.shape, bool)
     infection = np.zeros(hu.shape, bool)
-    rows, cols = hu.shape[1:]
+    whole = whole_slice_box(hu.shape[1:])
     with torch.inference_mode():
         for index in range(hu.shape[0]):
-            x = torch.from_numpy(window_to_unit(hu[index], card.preprocessing.window))[None, None]
-            x = F.interpolate(x, size=(card.input_size, card.input_size), mode="bilinear", align_corners=False)
-            logits = F.interpolate(network(x.to(target)).float(), size=(rows, cols), mode="bilinear",
+            square = hu[index:index + 1] if card.preprocessing.mode == "clahe" else whole.crop(hu[index:index + 1],
+                                                                                              fill=AIR_HU)
+            x = network_input(represent(square, card.preprocessing), card.input_size)
+            logits = F.interpolate(network(x.to(target)).float(), size=(whole.side, whole.side), mode="bilinear",
                                    align_corners=False)
-            masks = (logits > 0).cpu().numpy()[0]
+            masks = np.zeros((2,) + hu.shape[1:], bool)
+            whole.paste((logits > 0).cpu().numpy()[0], masks)
             lungs[index] = masks[card.output_index("lungs")]
             infection[index] = masks[card.output_index("infection")]
     labels = from_canonical(postprocess(lungs, infection, canonical.geometry, hu), plan)
