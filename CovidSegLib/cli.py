@@ -119,7 +119,7 @@ def cmd_predict_slices(args: argparse.Namespace) -> int:
 
     from .inference import SliceSegmenter, select_device
     from .model import load_model
-    from .slices import predict_slices, read_slices, write_slice_masks
+    from .slices import predict_slice_images, read_slices, write_slice_masks
 
     from .writing import check_not_protected
 
@@ -133,15 +133,7 @@ def cmd_predict_slices(args: argparse.Namespace) -> int:
             bar.update(round(fraction * len(slices)) - bar.n)
             return False
 
-        if args.represented:
-            not_eight_bit = next((s.source for s in slices if s.eight_bit is None), None)
-            if not_eight_bit is not None:
-                raise InputError(not_eight_bit, "--represented takes 8-bit images in the model's representation")
-            images = [s.eight_bit for s in slices]
-        else:
-            images = [s.hu for s in slices]
-        lungs, infection = predict_slices(segmenter, images, segmenter.batch_size, progress,
-                                          represented=args.represented)
+        lungs, infection = predict_slice_images(segmenter, slices, args.npz_orientation, args.represented, progress)
     write_slice_masks(out, [s.name for s in slices], lungs, infection, protected=[source])
     print(f"{len(slices)} slices from {source} -> {out}/lungs/ and {out}/infection/ (PNG, 0/255)")
     return EXIT_OK
@@ -292,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", type=int, help="slices per network call")
     predict.add_argument("--window", type=_window, metavar="LOW,HIGH",
                          help="HU window that 0..255 of 8-bit slices spans (default: the model's window)")
+    predict.add_argument("--npz-orientation", choices=("nibabel", "display"), default="nibabel",
+                         help="how .npz slices are stored: 'nibabel' (COVID-19-CT-Seg: as nibabel returns the "
+                              "NIfTI slice, a quarter turn from the display) or 'display' (anterior up)")
     predict.add_argument("--represented", action="store_true",
                          help="8-bit slices are already the model's input representation (corpus CLAHE slices)")
     predict.add_argument("--quiet", action="store_true", help="no progress bar")

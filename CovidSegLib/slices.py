@@ -159,6 +159,30 @@ def predict_slices(segmenter, slices_hu: Iterable[np.ndarray], batch_size: int =
     return lungs, infection
 
 
+#: How ``.npz`` slices are stored, as quarter turns (``np.rot90``) that bring them to the display orientation the
+#: representation expects (anterior up, patient right on the image's left): COVID-19-CT-Seg's slices are saved
+#: as nibabel returns them, one quarter turn away; 8-bit images are exported for display already.
+NPZ_ORIENTATIONS = {"nibabel": 1, "display": 0}
+
+
+def predict_slice_images(segmenter, slices: Sequence[SliceImage], npz_orientation: str = "nibabel",
+                         represented: bool = False, progress: Callable[[float], bool] | None = None
+                         ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Masks for read slices, each in its file's own frame: ``.npz`` slices are turned to the display
+    orientation for the network and the masks turned back. ``represented``: the 8-bit images are already the
+    model's representation and are fed as they are."""
+    turns = [NPZ_ORIENTATIONS[npz_orientation] if s.source.suffix.lower() == ".npz" else 0 for s in slices]
+    if represented:
+        not_eight_bit = next((s.source for s in slices if s.eight_bit is None), None)
+        if not_eight_bit is not None:
+            raise InputError(not_eight_bit, "--represented takes 8-bit images in the model's representation")
+        images = [np.rot90(s.eight_bit, k) for s, k in zip(slices, turns)]
+    else:
+        images = [np.rot90(s.hu, k) for s, k in zip(slices, turns)]
+    lungs, infection = predict_slices(segmenter, images, segmenter.batch_size, progress, represented=represented)
+    return [np.rot90(m, -k) for m, k in zip(lungs, turns)], [np.rot90(m, -k) for m, k in zip(infection, turns)]
+
+
 def png_bytes(mask: np.ndarray) -> bytes:
     from PIL import Image
 
