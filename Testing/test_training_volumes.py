@@ -178,3 +178,19 @@ def test_torchrun_trains_with_distributed_data_parallel_on_gloo(slices: Path, tm
     history = json.loads((tmp_path / "ddp" / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2]
     assert load_model(tmp_path / "ddp" / "ddp.json").card.input_size == 64
+
+
+def test_a_whole_lung_mask_is_split_into_left_and_right_like_the_expert(volumes: Path, tmp_path: Path) -> None:
+    """COPDGene's training lungs come as one mask; CTChest's expert lungs, merged and split again by the
+    engine's rule, land on the expert's sides."""
+    from CovidSegLib.training.healthy import split_lung_mask
+
+    reference = mapped_masks(read_segmentation(volumes / "ctchest4.seg.nrrd"), parse_mapping("slicer-ctchest"))
+    merged = sitk.GetImageFromArray((reference[1] | reference[2]).astype(np.uint8))
+    merged.CopyInformation(sitk.ReadImage(str(volumes / "ctchest4.nrrd")))
+    sitk.WriteImage(merged, str(tmp_path / "whole.nrrd"))
+    split_lung_mask(tmp_path / "whole.nrrd", tmp_path / "sides.nrrd")
+    sides = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "sides.nrrd")))
+    for value in (1, 2):
+        overlap = (sides == value) & reference[value]
+        assert 2 * overlap.sum() / ((sides == value).sum() + reference[value].sum()) > 0.97
