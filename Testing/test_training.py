@@ -17,6 +17,7 @@ from CovidSegLib.intensity import prepare_ct  # noqa: E402
 from CovidSegLib.model import load_model  # noqa: E402
 from CovidSegLib.reading import read_volume  # noqa: E402
 from CovidSegLib.training.data import continuity_groups, load_medseg, load_npz_slices, read_split  # noqa: E402
+from CovidSegLib.training.export import export_checkpoint  # noqa: E402
 from CovidSegLib.training.train import TrainConfig, train  # noqa: E402
 
 PREPROCESSING = TrainConfig(out_dir="").preprocessing()
@@ -67,6 +68,10 @@ def test_interrupted_training_resumes_to_the_same_result(slices: Path, tmp_path:
     resumed_config = replace(config, out_dir=str(tmp_path / "resumed"))
     with pytest.raises(Interrupt):
         train(resumed_config, log=stop_after_first_epoch)
+    # the interrupted run can be measured as it stands: its checkpoint exports as a loadable model
+    snapshot = load_model(export_checkpoint(resumed_config, tmp_path / "snapshot" / "tiny.json"))
+    assert snapshot.card.scores["epochs_trained"] == 1 and "run not ended" in \
+        snapshot.card.scores["exported_epoch_chosen_by"]
     messages: list[str] = []
     train(resumed_config, log=messages.append)
     assert "resumed after epoch 1" in messages
