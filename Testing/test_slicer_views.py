@@ -18,7 +18,10 @@ from conftest import colour_mask
 
 pytest.importorskip("slicer")
 pytest.importorskip("torch")
-pytest.importorskip("trame_slicer.views", reason="needs the view extra: trame-slicer with slicer-layer-dm")
+try:  # ImportError, not only ModuleNotFoundError: trame-slicer without slicer-layer-dm fails on a missing name
+    import trame_slicer.views  # noqa: F401
+except ImportError as error:
+    pytest.skip(f"needs the view extra (trame-slicer with slicer-layer-dm): {error}", allow_module_level=True)
 
 from CovidSegLib.labels import INFECTION, LEFT_LUNG, LABELS_BY_VALUE, RIGHT_LUNG  # noqa: E402
 from CovidSegView.render import capture, create_offscreen_views, offscreen_rendering_problem, write_png  # noqa: E402
