@@ -14,7 +14,7 @@ import asyncio
 import sys
 import traceback
 from concurrent.futures import ThreadPoolExecutor
-from typing import Sequence
+from typing import Callable, Sequence
 
 import trame_slicer.views  # noqa: F401  (fails here, as ImportError, where the view extra is missing)
 
@@ -93,19 +93,25 @@ class ViewerApp:
             self.state.status, self.state.error = status, error
 
     # ---- handlers --------------------------------------------------------------------------------------------
-    def open_ct(self) -> None:
+    def _act(self, failure: str, work: Callable[[], dict]) -> None:
+        """Run a handler's work and put the state it returns on the page; an error the user can act on (a bad
+        path, no segmentation yet) is shown there instead of stopping the server."""
         try:
-            volume = self.case.open_ct(self.state.ct_path.strip())
+            updates = work()
         except USER_ERRORS as error:
-            self._report("Could not open the CT.", str(error))
+            self._report(failure, str(error))
             return
         with self.state:
-            self.state.has_ct, self.state.has_segmentation = True, False
-            self.state.quantify = self.state.compare = None
-            self.state.saved = self.state.severity = ""
-            self.state.progress = 0
-        size = " x ".join(map(str, volume.geometry.size))
-        self._report(f"Opened {volume.name} ({size} voxels). Segment it.")
+            self.state.update({"error": "", **updates})
+
+    def open_ct(self) -> None:
+        def work() -> dict:
+            volume = self.case.open_ct(self.state.ct_path.strip())
+            size = " x ".join(map(str, volume.geometry.size))
+            return {"has_ct": True, "has_segmentation": False, "quantify": None, "compare": None, "saved": "",
+                    "severity": "", "progress": 0, "status": f"Opened {volume.name} ({size} voxels). Segment it."}
+
+        self._act("Could not open the CT.", work)
 
     def segment(self) -> None:
         from trame.app import asynchronous
@@ -153,36 +159,27 @@ class ViewerApp:
                 self.state.severity = self.state.saved = ""
 
     def quantify(self) -> None:
-        try:
+        def work() -> dict:
             table, result = self.case.quantify()
-        except USER_ERRORS as error:
-            self._report("Could not quantify.", str(error))
-            return
-        with self.state:
-            self.state.quantify = table_state(table)
-            self.state.severity, self.state.severity_note = result.severity, result.severity_note
-            self.state.warnings = " | ".join(result.warnings)
-        self._report("Quantified.")
+            return {"quantify": table_state(table), "severity": result.severity,
+                    "severity_note": result.severity_note, "warnings": " | ".join(result.warnings),
+                    "status": "Quantified."}
+
+        self._act("Could not quantify.", work)
 
     def compare(self) -> None:
-        try:
+        def work() -> dict:
             table = self.case.compare(self.state.reference_path.strip())
-        except USER_ERRORS as error:
-            self._report("Could not compare.", str(error))
-            return
-        with self.state:
-            self.state.compare = table_state(table, digits=3)
-        self._report("Compared with the reference.")
+            return {"compare": table_state(table, digits=3), "status": "Compared with the reference."}
+
+        self._act("Could not compare.", work)
 
     def save(self) -> None:
-        try:
+        def work() -> dict:
             written = self.case.save(self.state.out_dir.strip())
-        except USER_ERRORS as error:
-            self._report("Could not save.", str(error))
-            return
-        with self.state:
-            self.state.saved = f"{written['segmentation']} and {written['report']}"
-        self._report("Saved.")
+            return {"saved": f"{written['segmentation']} and {written['report']}", "status": "Saved."}
+
+        self._act("Could not save.", work)
 
     # ---- page ------------------------------------------------------------------------------------------------
     def _build_ui(self) -> None:

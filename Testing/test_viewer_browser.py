@@ -173,6 +173,14 @@ async def drive(websocket_url: str, app_url: str, out_dir: Path, artefacts: Path
         await page.call("Page.enable")
         await page.call("Page.navigate", url=app_url)
         await page.wait_js("!!document.getElementById('open')", 60, "the page to load")
+        ct_path = await page.js("document.getElementById('ct-path').value")
+        await page.js(type_into("ct-path", "no-such-ct.nrrd"))
+        await asyncio.sleep(0.5)
+        await page.js(click("open"))
+        await page.wait_js(f"{TEXT.format('error')}.includes('no-such-ct.nrrd')", 60, "the bad path's error")
+        bad_path_error = await page.js(TEXT.format("error"))
+        await page.js(type_into("ct-path", ct_path))
+        await asyncio.sleep(0.5)
         await page.js(click("open"))
         await page.wait_js(f"{TEXT.format('status')}.startsWith('Opened')", 60, "the CT to open")
         await page.js(click("segment") + ";" + click("cancel"))
@@ -204,7 +212,7 @@ async def drive(websocket_url: str, app_url: str, out_dir: Path, artefacts: Path
 
         Image.fromarray(views).save(artefacts / "viewer_segmented.png")
         Image.fromarray(shown).save(artefacts / "viewer_quantified.png")
-        return {"cancelled": cancelled_status, "progress": progress, "views": views,
+        return {"bad_path_error": bad_path_error, "cancelled": cancelled_status, "progress": progress, "views": views,
                 "quantify": await page.js(table("quantify-table")), "compare": await page.js(table("compare-table")),
                 "severity": await page.js(TEXT.format("severity")), "requested": page.requested}
 
@@ -224,6 +232,10 @@ def session(volumes: Path, tmp_path_factory) -> dict:
             stop(browser)
         stop(server)
     return {**shown, "url": url, "saved": tmp / "saved"}
+
+
+def test_a_bad_path_gets_the_librarys_message_on_the_page(session: dict) -> None:
+    assert "no such file" in session["bad_path_error"].lower(), session["bad_path_error"]
 
 
 def test_cancel_then_segment_shows_progress_and_the_segments(session: dict) -> None:
