@@ -262,7 +262,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def add_view_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``covidseg view`` (also used by ``CovidSegLib.cli``, so both parsers agree)."""
+    """The options of ``covidseg view`` (``covidseg`` hands everything after ``view`` to this parser)."""
     parser.add_argument("ct", nargs="?", default="", help="CT file or DICOM folder to put in the page's CT field")
     parser.add_argument("--reference", default="", help="reference segmentation for Compare")
     parser.add_argument("--out-dir", default="", help="folder for Save")

@@ -17,7 +17,6 @@ import vtk
 
 import slicer
 
-from CovidSegLib.labels import OUTPUT_LABELS
 from CovidSegLib.volume import Volume
 
 ProgressCallback = Callable[[float], Optional[bool]]
@@ -206,7 +205,3 @@ class CaseScene:
                                   {"ct": str(self.ct_path), "labels": str(segmentation)}, protected=[self.ct_path])
         return {"segmentation": segmentation, "report": written["html"]}
 
-
-def segment_colours() -> dict[str, tuple[float, float, float]]:
-    """Segment key -> RGB (0..1), the label scheme's colours the views draw with."""
-    return {info.key: info.color for info in OUTPUT_LABELS}
