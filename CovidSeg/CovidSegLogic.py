@@ -112,16 +112,22 @@ class CovidSegLogic(ScriptedLoadableModuleLogic):
         Bad input raises CovidSegLib's InputError (the message says what is wrong); cancelling via ``progress``
         raises Cancelled and leaves ``segmentation_node`` as it was.
         """
-        from CovidSegLib.inference import segment_volume
-        from CovidSegLib.intensity import prepare_ct
-
-        volume = prepare_ct(volume_from_node(volume_node), intensity)
-        result = segment_volume(volume, self.model(model_path), device=device, progress=progress)
+        labels = self.compute_labels(volume_from_node(volume_node), device, model_path, intensity, progress)
         if segmentation_node is None:
             segmentation_node = self.scene.AddNewNodeByClass("vtkMRMLSegmentationNode",
                                                             f"{volume_node.GetName()} CovidSeg")
-        self.labels_to_segmentation(result.labels, volume_node, segmentation_node)
+        self.labels_to_segmentation(labels, volume_node, segmentation_node)
         return segmentation_node
+
+    def compute_labels(self, volume: Volume, device: str = "auto", model_path: str | None = None,
+                       intensity: str = "hu", progress: ProgressCallback | None = None) -> np.ndarray:
+        """The label map of ``volume`` (1 left, 2 right, 3 infection): the slow part of :meth:`segment`, which
+        touches no MRML node, so a user interface can run it off its main thread and import the result there."""
+        from CovidSegLib.inference import segment_volume
+        from CovidSegLib.intensity import prepare_ct
+
+        volume = prepare_ct(volume, intensity)
+        return segment_volume(volume, self.model(model_path), device=device, progress=progress).labels
 
     def labels_to_segmentation(self, labels: np.ndarray, volume_node, segmentation_node) -> None:
         """Replace the CovidSeg segments of ``segmentation_node`` with ``labels`` on ``volume_node``'s grid."""
@@ -188,6 +194,15 @@ class CovidSegLogic(ScriptedLoadableModuleLogic):
             masks[value] = mask
         return masks
 
+    def label_map(self, segmentation_node, volume_node) -> np.ndarray:
+        """The segmentation as one CovidSeg label map on ``volume_node``'s grid (segments matched by name), the
+        form CovidSegLib's quantification, writers and report take."""
+        masks = self.masks_by_label(segmentation_node, self.default_mapping(segmentation_node), volume_node)
+        labels = np.zeros(slicer.util.arrayFromVolume(volume_node).shape, np.uint8)
+        for value in sorted(masks):  # infection (3) last: it overrides the lung it lies in
+            labels[masks[value]] = value
+        return labels
+
     @staticmethod
     def default_mapping(segmentation_node) -> dict[int, list[str]]:
         """Segments matched to CovidSeg labels by name ("left lung", "Right lung", "infection", ...), the way
@@ -227,10 +242,7 @@ class CovidSegLogic(ScriptedLoadableModuleLogic):
         """Lung and infection volumes, % involved per lung, mean HU and the severity estimate into a table."""
         from CovidSegLib.quantification import quantify
 
-        masks = self.masks_by_label(segmentation_node, self.default_mapping(segmentation_node), volume_node)
-        labels = np.zeros(slicer.util.arrayFromVolume(volume_node).shape, np.uint8)
-        for value in sorted(masks):  # infection (3) last: it overrides the lung it lies in
-            labels[masks[value]] = value
+        labels = self.label_map(segmentation_node, volume_node)
         hu = np.asarray(slicer.util.arrayFromVolume(volume_node))
         result = quantify(labels, geometry_from_volume_node(volume_node), hu)
         header = ["Region", "Volume (mL)", "Infection (mL)", "Involvement (%)", "Healthy lung mean HU",

@@ -227,6 +227,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     return EXIT_INPUT if failures else EXIT_OK
 
 
+def cmd_view(argv: list[str]) -> int:
+    """The browser viewer lives in CovidSegView (outside this Slicer-free library) and needs the view extra."""
+    try:
+        from CovidSegView.app import main as view_main
+    except ImportError as error:
+        print(f"covidseg view: needs the view extra, pip install -e '.[view]' ({error})", file=sys.stderr)
+        return EXIT_FAILURE
+    return view_main(argv)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="covidseg", description="Segment lungs and COVID-19 infection in chest CT, measure and compare."
@@ -298,6 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     trainer.add_argument("arguments", nargs=argparse.REMAINDER)  # main() hands these to the training parser
 
+    viewer = commands.add_parser(
+        "view", help="open CTs, segment, compare, quantify and save in a web browser (needs the view extra)",
+        add_help=False,
+    )
+    viewer.add_argument("arguments", nargs=argparse.REMAINDER)  # main() hands these to the viewer's parser
+
     evaluate = commands.add_parser(
         "evaluate", help="compare segmentations with references (files, or folders paired by file name)",
         description="Per structure (left lung, right lung, both lungs, infection): Dice, Jaccard, NSD, HD95, "
@@ -332,6 +348,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .training.__main__ import main as training_main
 
         return training_main(argv[1:], prog="covidseg train")
+    if argv[:1] == ["view"]:
+        return cmd_view(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args))

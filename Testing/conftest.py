@@ -40,3 +40,15 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 def stack_slice(image: np.ndarray, copies: int = 3) -> np.ndarray:
     """A real 2D slice repeated into a thin 3D volume ``[k, j, i]``."""
     return np.repeat(image[np.newaxis], copies, axis=0)
+
+
+def colour_mask(pixels: np.ndarray, rgb: tuple[float, float, float], min_chroma: float = 20,
+                min_cosine: float = 0.97) -> np.ndarray:
+    """Pixels of an ``(rows, columns, 3)`` picture drawn in colour ``rgb`` (0..1) blended with any grey: a segment's
+    fill over the CT, or a shaded surface. Blending with grey adds the same amount to R, G and B, so what is left
+    after subtracting each pixel's smallest channel points the same way as the colour's own."""
+    chroma = pixels.astype(float) - pixels.min(axis=-1, keepdims=True)
+    target = np.asarray(rgb, float) - min(rgb)
+    norm = np.linalg.norm(chroma, axis=-1)
+    cosine = (chroma @ target) / np.maximum(norm * np.linalg.norm(target), 1e-9)
+    return (norm >= min_chroma) & (cosine >= min_cosine)
