@@ -6,9 +6,10 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$root/scripts/setup-env.sh" test
 # The report and viewer tests use headless Chromium, the view tests render with VTK through EGL (Mesa's software
 # OpenGL); install them where we can (root with apt-get).
-if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+missing() { ! command -v chromium >/dev/null 2>&1 || ! ldconfig -p 2>/dev/null | grep -q libEGL.so.1; }
+if missing && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium libegl1 libgl1-mesa-dri; } \
-        >/dev/null 2>&1 || echo "note: could not install chromium; the HTML rendering and viewer tests will be skipped"
+        >/dev/null 2>&1 || echo "note: could not install chromium/EGL; the HTML, view and viewer tests will be skipped"
 fi
 cd "$root"
 exec .venv/bin/python -m pytest "$@"
