@@ -13,6 +13,7 @@ from typing import Literal
 import numpy as np
 
 from .errors import InputError
+from .plausibility import check_geometry
 from .volume import Volume
 
 IntensityMode = Literal["hu", "windowed"]
@@ -25,6 +26,8 @@ MIN_AIR_FRACTION = 0.01
 #: Padding values in real scanners go down to -3024 (and -32768 for "no data"); anything lower is not HU.
 LOWEST_PLAUSIBLE_HU = -32768.0
 HIGHEST_PLAUSIBLE_HU = 40000.0
+#: An image of non-negative integers with at most this many distinct values is a label map, not a CT.
+MAX_LABEL_VALUES = 64
 #: Statistics on ~2 million voxels are as good as on all of them and keep the check cheap on 512x512x600.
 SAMPLE_VOXELS = 2_000_000
 
@@ -74,10 +77,26 @@ def check_finite_and_varying(volume: Volume) -> None:
         raise InputError(volume.source, f"constant volume: every voxel is {array.flat[0]}")
 
 
+def label_values(array: np.ndarray) -> np.ndarray | None:
+    """The distinct values of ``array`` if it looks like a label map (few non-negative integers), else None.
+
+    A segmentation opened as the CT would otherwise be refused as an "8-bit windowed image", which sends the
+    user after the wrong fix."""
+    if not np.issubdtype(array.dtype, np.integer) and not np.array_equal(_sample(array), np.round(_sample(array))):
+        return None
+    values = np.unique(_sample(array))
+    return values if values.size <= MAX_LABEL_VALUES and values.min() >= 0 else None
+
+
 def check_hounsfield(volume: Volume) -> IntensityStats:
     """Raise :class:`InputError` unless the values look like a chest CT in HU."""
     stats = intensity_stats(volume.array)
     value_range = f"values {stats.minimum:g}..{stats.maximum:g}"
+    labels = label_values(volume.array) if stats.minimum >= 0 else None
+    if labels is not None:
+        shown = ", ".join(f"{v:g}" for v in labels[:8]) + (", ..." if labels.size > 8 else "")
+        raise InputError(volume.source, f"this is a label map (only the values {shown}), not a CT: give the CT "
+                                        "image itself, and the label map as labels or reference")
     if stats.minimum >= 0 and stats.maximum <= 255:
         raise InputError(
             volume.source,
@@ -125,6 +144,7 @@ def prepare_ct(
 ) -> Volume:
     """Validate a CT for segmentation and return it in HU; raise :class:`InputError` with the reason otherwise."""
     check_volume_shape(volume)
+    check_geometry(volume)
     check_finite_and_varying(volume)
     if intensity == "windowed":
         volume = windowed_to_hu(volume, window)
