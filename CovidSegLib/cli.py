@@ -204,11 +204,12 @@ def cmd_segment(args: argparse.Namespace) -> int:
                 print(f"covidseg: error: {error}", file=sys.stderr)
                 continue
         if args.report:
-            from .report import write_report
+            from .report import false_infection_floor, write_report
 
             report_dir = output.parent / f"{case_id(output)}_report"
             write_report(result.volume, result.labels, report_dir, case_id(output),
-                         {"ct": str(ct), "labels": str(output)}, protected=[ct])
+                         {"ct": str(ct), "labels": str(output)}, protected=[ct],
+                         floor=false_infection_floor(model.card.name, model.card.scores))
             print(f"report: {report_dir / 'report.html'}")
         seconds = result.seconds["total"]
         print(f"{ct} -> {output} ({result.slices_inferred}/{result.slices_total} slices on {result.device}, "
@@ -225,16 +226,20 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .evaluation import case_id
     from .intensity import prepare_ct
     from .pipeline import find_cases, is_dicom_folder
+    from .model import BUNDLED_CARD, read_card
     from .reading import read_volume
-    from .report import csv_row, csv_text, labels_for_ct, write_report
+    from .report import csv_row, csv_text, false_infection_floor, labels_for_ct, write_report
     from .writing import LABEL_SUFFIXES, write_text
 
     ct_path, labels_path, out = Path(args.ct), Path(args.labels), Path(args.output)
+    card = read_card(args.model or BUNDLED_CARD)
+    floor = false_infection_floor(card.name, card.scores)
     cohort = ct_path.is_dir() and not is_dicom_folder(ct_path)
     if not cohort:
         ct = prepare_ct(read_volume(ct_path), args.intensity, args.window)
         written, _ = write_report(ct, labels_for_ct(labels_path, ct), out, case_id(ct_path),
-                                  {"ct": str(ct_path), "labels": str(labels_path)}, protected=[ct_path, labels_path])
+                                  {"ct": str(ct_path), "labels": str(labels_path)}, protected=[ct_path, labels_path],
+                                  floor=floor)
         print(f"wrote {written['html']} and {len(written) - 1} more files into {out}")
         return EXIT_OK
     rows, failures = [], 0
@@ -247,7 +252,8 @@ def cmd_report(args: argparse.Namespace) -> int:
             if found is None:
                 raise InputError(labels_path, f"no label file for case {case}")
             _, result = write_report(ct, labels_for_ct(found, ct), out / case, case,
-                                     {"ct": str(case_path), "labels": str(found)}, protected=[ct_path, labels_path])
+                                     {"ct": str(case_path), "labels": str(found)}, protected=[ct_path, labels_path],
+                                     floor=floor)
             rows.append(csv_row(case, result))
         except InputError as error:
             failures += 1
@@ -300,6 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("ct", help="CT file or DICOM folder, or a folder of them")
     report.add_argument("labels", help="label file (CovidSeg output), or a folder of them")
     report.add_argument("-o", "--output", required=True, help="output folder")
+    report.add_argument("--model", help="model card (.json) whose measured false infection on CT without COVID-19 "
+                        "the report compares the infection with (default: the bundled model)")
     add_intensity_options(report)
     report.set_defaults(handler=cmd_report)
 
