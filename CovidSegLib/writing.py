@@ -16,7 +16,8 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import OutputError
+from .errors import InputError, OutputError
+from .integrity import check_file_integrity
 from .labels import OUTPUT_LABELS, LabelInfo, slicer_terminology
 from .reading import image_from_array
 from .volume import Geometry
@@ -162,9 +163,18 @@ def write_label_map(
             slicerio.write_segmentation(str(temporary), _seg_nrrd_dict(labels, geometry, label_infos),
                                         compression_level=SEG_NRRD_GZIP_LEVEL, index_order="C")
         else:
-            try:
-                sitk.WriteImage(image_from_array(labels, geometry), str(temporary), useCompression=True)
-            except RuntimeError as error:  # ITK reports a failed write (full disk, file too large) this way
-                reason = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown writer error"
-                raise OutputError(f"{path}: cannot write ({reason})") from None
+            _write_with_itk(labels, geometry, temporary, path)
     return path
+
+
+def _write_with_itk(labels: np.ndarray, geometry: Geometry, temporary: Path, path: Path) -> None:
+    """Write with SimpleITK, then read the file back against its header: ITK's NIfTI writer reports a short
+    write (full disk) only on the console and returns as if it had succeeded."""
+    try:
+        sitk.WriteImage(image_from_array(labels, geometry), str(temporary), useCompression=True)
+        check_file_integrity(temporary)
+    except RuntimeError as error:  # how ITK reports the failures it does notice
+        reason = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown writer error"
+        raise OutputError(f"{path}: cannot write ({reason})") from None
+    except InputError as error:
+        raise OutputError(f"{path}: cannot write (the written file is incomplete: {error.problem})") from None
