@@ -215,7 +215,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
         print(f"{ct} -> {output} ({result.slices_inferred}/{result.slices_total} slices on {result.device}, "
               f"{seconds:.1f} s)")
         for note in result.notes:
-            print(note, file=sys.stderr) if note.startswith("warning: ") else print(f"note: {note}")
+            if note.startswith("warning: "):
+                print(note, file=sys.stderr)
+            else:
+                print(f"note: {note}")
     if batch:
         done = len(cases) - sum(failures.values())
         print(f"segmented {done} of {len(cases)} cases into {out}")
@@ -225,8 +228,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .evaluation import case_id
     from .intensity import prepare_ct
-    from .pipeline import find_cases, is_dicom_folder
     from .model import BUNDLED_CARD, read_card
+    from .pipeline import find_cases, is_dicom_folder
     from .reading import read_volume
     from .report import csv_row, csv_text, false_infection_floor, labels_for_ct, write_report
     from .writing import LABEL_SUFFIXES, write_text

@@ -85,9 +85,10 @@ def label_values(array: np.ndarray) -> np.ndarray | None:
 
     A segmentation opened as the CT would otherwise be refused as an "8-bit windowed image", which sends the
     user after the wrong fix."""
-    if not np.issubdtype(array.dtype, np.integer) and not np.array_equal(_sample(array), np.round(_sample(array))):
+    sample = _sample(array)
+    if not np.issubdtype(array.dtype, np.integer) and not np.array_equal(sample, np.round(sample)):
         return None
-    values = np.unique(_sample(array))
+    values = np.unique(sample)
     return values if values.size <= MAX_LABEL_VALUES and values.min() >= 0 else None
 
 

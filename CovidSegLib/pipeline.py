@@ -7,9 +7,9 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
+from .errors import InputError
 from .evaluation import case_id
 from .inference import ProgressCallback, SegmentationResult, segment_volume
-from .errors import InputError
 from .intensity import DEFAULT_WINDOW, IntensityMode, prepare_ct
 from .model import LoadedModel
 from .plausibility import geometry_warnings
