@@ -183,7 +183,12 @@ class CovidSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     self.ui.statusLabel.text = "Cancelled."
                     return
                 node.outputSegmentation = segmentation
-                self.ui.statusLabel.text = "Done. Review the segments before using the numbers."
+                warnings = self.logic.warnings(segmentation)
+                self.ui.statusLabel.text = " ".join(
+                    ["Done. Review the segments before using the numbers."]
+                    + [f"Warning: {warning}." for warning in warnings])
+                if warnings:
+                    slicer.util.warningDisplay("\n".join(warnings), windowTitle="CovidSeg: check the input")
         finally:
             self._running = False
             self.updateButtons()

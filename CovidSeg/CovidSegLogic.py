@@ -27,6 +27,9 @@ except ImportError:  # slicer-core (tests): the base class only adds parameter-n
 PIP_REQUIREMENTS = ("segmentation-models-pytorch>=0.3.3", "safetensors", "slicerio>=1.4")
 
 ProgressCallback = Callable[[float], Optional[bool]]
+#: Node attribute holding the warnings about the input or the result, joined by WARNING_SEPARATOR.
+WARNINGS_ATTRIBUTE = "CovidSeg.Warnings"
+WARNING_SEPARATOR = " | "
 
 
 def ensure_segmentation_converters() -> None:
@@ -110,13 +113,20 @@ class CovidSegLogic(ScriptedLoadableModuleLogic):
         """Segment ``volume_node``; returns the (new or given) segmentation node with the three named segments.
 
         Bad input raises CovidSegLib's InputError (the message says what is wrong); cancelling via ``progress``
-        raises Cancelled and leaves ``segmentation_node`` as it was.
+        raises Cancelled and leaves ``segmentation_node`` as it was. What is only unusual about the input (its
+        geometry, no lung found) is kept in the node's ``CovidSeg.Warnings`` attribute, see :meth:`warnings`.
         """
-        labels = self.compute_labels(volume_from_node(volume_node), device, model_path, intensity, progress)
+        from CovidSegLib.plausibility import geometry_warnings
+
+        volume = volume_from_node(volume_node)
+        labels = self.compute_labels(volume, device, model_path, intensity, progress)
         if segmentation_node is None:
             segmentation_node = self.scene.AddNewNodeByClass("vtkMRMLSegmentationNode",
                                                             f"{volume_node.GetName()} CovidSeg")
         self.labels_to_segmentation(labels, volume_node, segmentation_node)
+        found_nothing = [] if labels.any() else ["no lung found: check that the image is a chest CT"]
+        segmentation_node.SetAttribute(WARNINGS_ATTRIBUTE,
+                                       WARNING_SEPARATOR.join(geometry_warnings(volume.geometry) + found_nothing))
         return segmentation_node
 
     def compute_labels(self, volume: Volume, device: str = "auto", model_path: str | None = None,
@@ -128,6 +138,12 @@ class CovidSegLogic(ScriptedLoadableModuleLogic):
 
         volume = prepare_ct(volume, intensity)
         return segment_volume(volume, self.model(model_path), device=device, progress=progress).labels
+
+    @staticmethod
+    def warnings(node) -> list[str]:
+        """The warnings a segmentation or quantification node carries (empty when there are none)."""
+        text = node.GetAttribute(WARNINGS_ATTRIBUTE) if node is not None else None
+        return text.split(WARNING_SEPARATOR) if text else []
 
     def labels_to_segmentation(self, labels: np.ndarray, volume_node, segmentation_node) -> None:
         """Replace the CovidSeg segments of ``segmentation_node`` with ``labels`` on ``volume_node``'s grid."""
@@ -254,7 +270,7 @@ class CovidSegLogic(ScriptedLoadableModuleLogic):
         table.SetAttribute("CovidSeg.Severity", result.severity)
         table.SetAttribute("CovidSeg.SeverityNote", result.severity_note)
         table.SetAttribute("CovidSeg.Bilateral", str(result.bilateral))
-        table.SetAttribute("CovidSeg.Warnings", " | ".join(result.warnings))
+        table.SetAttribute(WARNINGS_ATTRIBUTE, WARNING_SEPARATOR.join(result.warnings))
         return table, result
 
     def _fill_table(self, table_node, name: str, header: list[str], rows: list[list]):

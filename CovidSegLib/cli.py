@@ -10,13 +10,51 @@ Heavy modules (torch) are imported inside the subcommands that need them, so ``c
 from __future__ import annotations
 
 import argparse
+import contextlib
+import math
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Iterator, Sequence, TextIO
 
 from .errors import Cancelled, CovidSegError, InputError, ModelError, OutputError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INPUT, EXIT_OUTPUT, EXIT_MODEL, EXIT_CANCELLED = 0, 1, 2, 3, 4, 5, 6
+#: Off a terminal, progress is one line each time it passes a multiple of this fraction.
+PROGRESS_LINE_STEP = 0.25
+
+
+@contextlib.contextmanager
+def progress_display(description: str, quiet: bool = False, stream: TextIO | None = None
+                     ) -> Iterator[Callable[[float], bool]]:
+    """A progress callback (fraction done -> cancel?) that shows progress where it helps.
+
+    On a terminal: a tqdm bar. Elsewhere (CI logs, batch jobs, a pipe) a bar's carriage-return updates pile up
+    as hundreds of lines, so it prints one line at 0%, 25%, 50%, 75% and 100%. Nothing with ``quiet``."""
+    stream = sys.stderr if stream is None else stream
+    if quiet:
+        yield lambda fraction: False
+        return
+    if stream.isatty():
+        from tqdm import tqdm
+
+        with tqdm(total=100, desc=description, unit="%", file=stream,
+                  bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}") as bar:
+            def update(fraction: float) -> bool:
+                bar.update(round(100 * fraction) - bar.n)
+                return False
+
+            yield update
+        return
+    shown = [-1.0]
+
+    def log_line(fraction: float) -> bool:
+        reached = math.floor(fraction / PROGRESS_LINE_STEP + 1e-9) * PROGRESS_LINE_STEP
+        if reached > shown[0]:
+            shown[0] = reached
+            print(f"{description}: {100 * reached:.0f}%", file=stream, flush=True)
+        return False
+
+    yield log_line
 
 
 def _window(text: str) -> tuple[float, float]:
@@ -43,6 +81,7 @@ def add_intensity_options(parser: argparse.ArgumentParser) -> None:
 def cmd_info(args: argparse.Namespace) -> int:
     from .intensity import intensity_stats, prepare_ct
     from .orientation import plan_reorientation
+    from .plausibility import geometry_warnings
     from .reading import read_volume
 
     volume = prepare_ct(read_volume(args.ct, args.series), args.intensity, args.window)
@@ -60,13 +99,14 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"orientation: {orientation}")
     print(f"intensity:   {stats.minimum:g} .. {stats.maximum:g} HU, "
           f"{100 * stats.air_fraction:.1f}% air/lung-like voxels")
-    print("status:      ok, a 3D CT in HU")
+    warnings = geometry_warnings(geometry)
+    for warning in warnings:
+        print(f"warning:     {warning}")
+    print(f"status:      ok, a 3D CT in HU{f' ({len(warnings)} warnings)' if warnings else ''}")
     return EXIT_OK
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from .evaluation import evaluate_case, pair_folders, parse_mapping, parse_tolerances
     from .evaluation_output import format_table, write_results
 
@@ -91,8 +131,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         pairs = [(None, prediction, reference)]
     results = []
-    for case, pred_path, ref_path in tqdm(pairs, desc="evaluate", unit="case", disable=len(pairs) < 2):
-        results.append(evaluate_case(pred_path, ref_path, prediction_mapping, reference_mapping, tolerances, case))
+    with progress_display(f"evaluate ({len(pairs)} cases)", quiet=len(pairs) < 2) as progress:
+        for done, (case, pred_path, ref_path) in enumerate(pairs):
+            progress(done / len(pairs))
+            results.append(evaluate_case(pred_path, ref_path, prediction_mapping, reference_mapping, tolerances,
+                                         case))
+        progress(1.0)
     print(format_table(results))
     for note in notes + [n for r in results for n in r.notes]:
         print(f"note: {note}")
@@ -115,12 +159,9 @@ def evaluate_slices(prediction: Path, reference: Path, out_dir: Path) -> int:
 
 
 def cmd_predict_slices(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from .inference import SliceSegmenter, select_device
     from .model import load_model
     from .slices import predict_slice_images, read_slices, write_slice_masks
-
     from .writing import check_not_protected
 
     source, out = Path(args.images), Path(args.output)
@@ -128,11 +169,7 @@ def cmd_predict_slices(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     slices = read_slices(source, args.window or model.card.preprocessing.window)
     segmenter = SliceSegmenter(model, select_device(args.device), args.batch_size)
-    with tqdm(total=len(slices), desc="predict-slices", unit="slice", disable=args.quiet) as bar:
-        def progress(fraction: float) -> bool:
-            bar.update(round(fraction * len(slices)) - bar.n)
-            return False
-
+    with progress_display(f"predict-slices ({len(slices)} slices)", args.quiet) as progress:
         lungs, infection = predict_slice_images(segmenter, slices, args.npz_orientation, args.represented, progress)
     write_slice_masks(out, [s.name for s in slices], lungs, infection, protected=[source])
     print(f"{len(slices)} slices from {source} -> {out}/lungs/ and {out}/infection/ (PNG, 0/255)")
@@ -140,8 +177,6 @@ def cmd_predict_slices(args: argparse.Namespace) -> int:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from .evaluation import case_id
     from .model import load_model
     from .pipeline import SegmentOptions, find_cases, is_dicom_folder, output_path_for, segment_file
@@ -154,16 +189,12 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if batch and not cases:
         raise InputError(source, "folder holds no CT files (.nii, .nii.gz, .nrrd, .mha, .mhd, .dcm) or DICOM series")
     model = load_model(args.model)
-    options = SegmentOptions(args.device, args.batch_size, args.intensity, args.window, args.format)
+    options = SegmentOptions(args.device, args.batch_size, args.intensity, args.window, args.format,
+                             args.allow_empty, args.series)
     failures = {EXIT_INPUT: 0, EXIT_OUTPUT: 0}
     for ct in cases:
         output = output_path_for(ct, out, args.format, batch)
-        with tqdm(total=100, desc=ct.name, unit="%", bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}",
-                  disable=args.quiet) as bar:
-            def progress(fraction: float) -> bool:
-                bar.update(round(100 * fraction) - bar.n)
-                return False
-
+        with progress_display(ct.name, args.quiet) as progress:
             try:
                 result = segment_file(ct, output, model, options, progress)
             except (InputError, OutputError) as error:
@@ -173,17 +204,21 @@ def cmd_segment(args: argparse.Namespace) -> int:
                 print(f"covidseg: error: {error}", file=sys.stderr)
                 continue
         if args.report:
-            from .report import write_report
+            from .report import false_infection_floor, write_report
 
             report_dir = output.parent / f"{case_id(output)}_report"
             write_report(result.volume, result.labels, report_dir, case_id(output),
-                         {"ct": str(ct), "labels": str(output)}, protected=[ct])
+                         {"ct": str(ct), "labels": str(output)}, protected=[ct],
+                         floor=false_infection_floor(model.card.name, model.card.scores))
             print(f"report: {report_dir / 'report.html'}")
         seconds = result.seconds["total"]
         print(f"{ct} -> {output} ({result.slices_inferred}/{result.slices_total} slices on {result.device}, "
               f"{seconds:.1f} s)")
         for note in result.notes:
-            print(f"note: {note}")
+            if note.startswith("warning: "):
+                print(note, file=sys.stderr)
+            else:
+                print(f"note: {note}")
     if batch:
         done = len(cases) - sum(failures.values())
         print(f"segmented {done} of {len(cases)} cases into {out}")
@@ -193,17 +228,21 @@ def cmd_segment(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .evaluation import case_id
     from .intensity import prepare_ct
+    from .model import BUNDLED_CARD, read_card
     from .pipeline import find_cases, is_dicom_folder
     from .reading import read_volume
-    from .report import csv_row, csv_text, labels_for_ct, write_report
+    from .report import csv_row, csv_text, false_infection_floor, labels_for_ct, write_report
     from .writing import LABEL_SUFFIXES, write_text
 
     ct_path, labels_path, out = Path(args.ct), Path(args.labels), Path(args.output)
+    card = read_card(args.model or BUNDLED_CARD)
+    floor = false_infection_floor(card.name, card.scores)
     cohort = ct_path.is_dir() and not is_dicom_folder(ct_path)
     if not cohort:
         ct = prepare_ct(read_volume(ct_path), args.intensity, args.window)
         written, _ = write_report(ct, labels_for_ct(labels_path, ct), out, case_id(ct_path),
-                                  {"ct": str(ct_path), "labels": str(labels_path)}, protected=[ct_path, labels_path])
+                                  {"ct": str(ct_path), "labels": str(labels_path)}, protected=[ct_path, labels_path],
+                                  floor=floor)
         print(f"wrote {written['html']} and {len(written) - 1} more files into {out}")
         return EXIT_OK
     rows, failures = [], 0
@@ -216,7 +255,8 @@ def cmd_report(args: argparse.Namespace) -> int:
             if found is None:
                 raise InputError(labels_path, f"no label file for case {case}")
             _, result = write_report(ct, labels_for_ct(found, ct), out / case, case,
-                                     {"ct": str(case_path), "labels": str(found)}, protected=[ct_path, labels_path])
+                                     {"ct": str(case_path), "labels": str(found)}, protected=[ct_path, labels_path],
+                                     floor=floor)
             rows.append(csv_row(case, result))
         except InputError as error:
             failures += 1
@@ -262,7 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
     segment.add_argument("--batch-size", type=int, help="slices per network call (default 8 on CPU, 32 on CUDA; "
                          "halved automatically when GPU memory runs out)")
-    segment.add_argument("--quiet", action="store_true", help="no progress bar")
+    segment.add_argument("--quiet", action="store_true", help="no progress display")
+    segment.add_argument("--allow-empty", action="store_true",
+                         help="write an empty segmentation when no lung is found (default: an error, exit code 3)")
+    segment.add_argument("--series", help="DICOM SeriesInstanceUID to read from a DICOM folder with several series")
     segment.add_argument("--report", action="store_true",
                          help="also write the report (figures, pictures, HTML) into OUTPUT_report/ beside each output")
     add_intensity_options(segment)
@@ -276,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("ct", help="CT file or DICOM folder, or a folder of them")
     report.add_argument("labels", help="label file (CovidSeg output), or a folder of them")
     report.add_argument("-o", "--output", required=True, help="output folder")
+    report.add_argument("--model", help="model card (.json) whose measured false infection on CT without COVID-19 "
+                        "the report compares the infection with (default: the bundled model)")
     add_intensity_options(report)
     report.set_defaults(handler=cmd_report)
 

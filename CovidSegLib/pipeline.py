@@ -7,12 +7,14 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
+from .errors import InputError
 from .evaluation import case_id
 from .inference import ProgressCallback, SegmentationResult, segment_volume
 from .intensity import DEFAULT_WINDOW, IntensityMode, prepare_ct
 from .model import LoadedModel
+from .plausibility import geometry_warnings
 from .reading import has_volume_suffix, is_segmentation_file, read_volume
-from .writing import LABEL_SUFFIXES, check_not_protected, output_suffix, write_label_map
+from .writing import LABEL_SUFFIXES, check_not_protected, check_output_folder, output_suffix, write_label_map
 
 
 @dataclass(frozen=True)
@@ -22,6 +24,8 @@ class SegmentOptions:
     intensity: IntensityMode = "hu"
     window: tuple[float, float] = DEFAULT_WINDOW
     output_format: str = ".seg.nrrd"
+    allow_empty: bool = False  # write an empty segmentation when no lung is found, instead of refusing
+    series: str | None = None  # DICOM SeriesInstanceUID, for a folder with several series
 
 
 def is_dicom_folder(path: Path) -> bool:
@@ -56,12 +60,20 @@ def output_path_for(ct: Path, out: Path, output_format: str, batch: bool) -> Pat
 
 def segment_file(ct: Path, output: Path, model: LoadedModel, options: SegmentOptions,
                  progress: ProgressCallback | None = None) -> SegmentationResult:
-    """Read, check, segment and write one case; the output appears only when all of it succeeded."""
+    """Read, check, segment and write one case; the output appears only when all of it succeeded.
+
+    No lung found is an error unless ``options.allow_empty``: an empty segmentation of a chest CT is a failure,
+    and written as a result it would read as "0 mL of lung" downstream. Unusual geometry comes back as
+    ``warning: ...`` notes."""
     output_suffix(output)  # refuse an unknown format, or overwriting the input, before any work
     check_not_protected(output, [ct])
-    volume = prepare_ct(read_volume(ct), options.intensity, options.window)
+    check_output_folder(output)
+    volume = prepare_ct(read_volume(ct, options.series), options.intensity, options.window)
     result = segment_volume(volume, model, options.device, options.batch_size, progress)
+    if not result.labels.any() and not options.allow_empty:
+        raise InputError(ct, "no lung found: is this a chest CT? Nothing was written (--allow-empty writes the "
+                             "empty segmentation)")
     write_label_map(result.labels, volume.geometry, output, protected=[ct])
-    result.notes[:0] = list(volume.notes)
+    result.notes[:0] = list(volume.notes) + [f"warning: {w}" for w in geometry_warnings(volume.geometry)]
     result.volume = volume
     return result

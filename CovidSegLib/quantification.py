@@ -18,6 +18,7 @@ import numpy as np
 
 from .labels import CONSOLIDATION, GGO, INFECTION_VALUES, LEFT_LUNG, RIGHT_LUNG
 from .lateral import split_left_right
+from .plausibility import geometry_warnings
 from .volume import Geometry
 
 SEVERITY_NOTE = "automatic estimate from an automatic segmentation; not a diagnosis, review the images"
@@ -104,7 +105,7 @@ def quantify(labels: np.ndarray, geometry: Geometry, hu: np.ndarray | None = Non
     right = _figures(sides == RIGHT_LUNG, infected, hu, voxel_ml)
     total = _figures(sides > 0, infected, hu, voxel_ml)
     has_fine_classes = bool(np.isin(labels, (GGO, CONSOLIDATION)).any())
-    warnings = []
+    warnings = geometry_warnings(geometry)
     low, high = PLAUSIBLE_TOTAL_LUNG_ML
     if total.volume_ml == 0:
         warnings.append("no lung found: check that the image is a chest CT")

@@ -13,6 +13,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
+from .integrity import check_file_integrity
 from .volume import Geometry, Volume
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
@@ -45,6 +46,11 @@ def image_from_array(array: np.ndarray, geometry: Geometry) -> sitk.Image:
     return image
 
 
+#: A gap between neighbouring DICOM slices larger than this many times the series' usual spacing is a missing
+#: slice (a lost or unreadable file); real series vary by far less.
+DICOM_GAP_FACTOR = 1.5
+
+
 @dataclass(frozen=True)
 class DicomSeriesChoice:
     series_uid: str
@@ -60,24 +66,74 @@ class DicomSeriesChoice:
 
 
 def choose_dicom_series(folder: Path, series_uid: str | None = None) -> DicomSeriesChoice:
-    """Pick the series with the most files in ``folder`` (or the one asked for) and say which it is."""
+    """Pick the series with the most files in ``folder`` (or the one asked for) and say which it is.
+
+    Two largest series of the same size (two reconstructions, two phases) are refused rather than picked by
+    chance, and so is a ``.dcm`` file that belongs to no readable series: a truncated or corrupt slice."""
     reader = sitk.ImageSeriesReader()
     uids = list(reader.GetGDCMSeriesIDs(str(folder)))
     if not uids:
         raise InputError(folder, "folder holds no DICOM series (and no single volume file was given)")
     files = {uid: tuple(reader.GetGDCMSeriesFileNames(str(folder), uid)) for uid in uids}
+    check_dicom_files_readable(folder, files)
     if series_uid is not None:
         if series_uid not in files:
             raise InputError(folder, f"no DICOM series {series_uid}; present: {', '.join(uids)}")
         chosen = series_uid
     else:
         chosen = max(uids, key=lambda uid: (len(files[uid]), uid))
+        tied = sorted(uid for uid in uids if uid != chosen and len(files[uid]) == len(files[chosen]))
+        if tied:
+            raise InputError(folder, f"{len(tied) + 1} DICOM series of {len(files[chosen])} files each "
+                                     f"({', '.join([chosen] + tied)}): say which one with --series UID")
     others = tuple((uid, len(files[uid])) for uid in uids if uid != chosen)
     return DicomSeriesChoice(chosen, files[chosen], others)
 
 
+def check_dicom_files_readable(folder: Path, series_files: dict[str, tuple[str, ...]]) -> None:
+    """A ``.dcm`` file that GDCM did not put in any series is truncated or corrupt: refuse, naming it."""
+    in_series = {Path(name).name for names in series_files.values() for name in names}
+    unreadable = sorted(p.name for p in folder.iterdir()
+                        if p.is_file() and p.suffix.lower() == ".dcm" and p.name not in in_series)
+    if unreadable:
+        listed = ", ".join(unreadable[:5]) + (f" and {len(unreadable) - 5} more" if len(unreadable) > 5 else "")
+        raise InputError(folder, f"{len(unreadable)} DICOM file(s) cannot be read (truncated or corrupt): {listed}")
+
+
+def check_dicom_slice_spacing(folder: Path, reader: sitk.ImageSeriesReader, image: sitk.Image) -> None:
+    """Slice positions along the series' normal must be evenly spaced: a gap is a missing slice, which the
+    reader would otherwise close up silently (the CT shrinks), and a repeated position is two slices in one."""
+    count = len(reader.GetFileNames())
+    if count < 3:
+        return
+    normal = np.asarray(image.GetDirection(), float).reshape(3, 3)[:, 2]
+    positions = []
+    for index in range(count):
+        if not reader.HasMetaDataKey(index, "0020|0032"):
+            return  # no positions to compare (not an axial-slice series); the reader's own order stands
+        positions.append(float(np.dot([float(v) for v in reader.GetMetaData(index, "0020|0032").split("\\")],
+                                      normal)))
+    order = np.argsort(positions)
+    steps = np.diff(np.asarray(positions)[order])
+    usual = float(np.median(steps))
+    names = [Path(reader.GetFileNames()[i]).name for i in order]
+    worst = int(np.argmax(steps))
+    if usual > 0 and steps[worst] > DICOM_GAP_FACTOR * usual:
+        missing = round(steps[worst] / usual) - 1
+        raise InputError(folder, f"DICOM series has a gap: {steps[worst]:.2f} mm between {names[worst]} and "
+                                 f"{names[worst + 1]} where its slices are {usual:.2f} mm apart (about {missing} "
+                                 "slice(s) missing, or a file that could not be read)")
+    repeated = int(np.argmin(steps))
+    if steps[repeated] < 0.01 * max(usual, 1e-3):
+        raise InputError(folder, f"DICOM series has two slices at the same position: {names[repeated]} and "
+                                 f"{names[repeated + 1]} (duplicated files, or two series sharing one UID)")
+
+
 def read_image(path: str | Path, series_uid: str | None = None) -> tuple[sitk.Image, tuple[str, ...]]:
-    """Read any supported file or DICOM folder as a SimpleITK image, with notes on what was read."""
+    """Read any supported file or DICOM folder as a SimpleITK image, with notes on what was read.
+
+    A file is first checked against its own header (:mod:`CovidSegLib.integrity`) and a DICOM series for
+    missing or unreadable slices, so damaged data is refused instead of read as zeros or closed up."""
     path = Path(path)
     if not path.exists():
         raise InputError(path, "no such file or folder")
@@ -87,9 +143,12 @@ def read_image(path: str | Path, series_uid: str | None = None) -> tuple[sitk.Im
             choice = choose_dicom_series(path, series_uid)
             reader = sitk.ImageSeriesReader()
             reader.SetFileNames(list(choice.file_names))
+            reader.MetaDataDictionaryArrayUpdateOn()
             image = reader.Execute()
+            check_dicom_slice_spacing(path, reader, image)
             notes = (choice.describe(),)
         else:
+            check_file_integrity(path)
             image = sitk.ReadImage(str(path))
     except RuntimeError as error:
         first_line = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown reader error"

@@ -14,21 +14,24 @@ import html
 import io
 import json
 import math
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from . import __version__
+from .labels import INFECTION_VALUES, LEFT_LUNG, RIGHT_LUNG
 from .orientation import to_canonical
-from .quantification import Quantification, quantify
+from .quantification import Quantification, attribute_infection, quantify
 from .volume import Volume
 from .writing import atomic_output, write_text
 
 LUNG_WINDOW = (-1350.0, 150.0)
 OVERLAY = {1: (0.33, 0.60, 0.86), 2: (0.30, 0.74, 0.46), 3: (0.90, 0.20, 0.18)}
 MOSAIC_SLICES = 12
+#: The model card's measurement of infection called on a CT without COVID-19 (mL), under any of its scores.
+FALSE_INFECTION_KEY = "false_infection_ml"
 CSV_COLUMNS = (
     "case", "status", "severity", "involvement_percent", "bilateral", "lungs_ml", "infection_ml",
     "left_lung_ml", "left_infection_ml", "left_involvement_percent",
@@ -63,6 +66,87 @@ def csv_text(rows: Iterable[dict[str, object]]) -> str:
     return buffer.getvalue()
 
 
+@dataclass(frozen=True)
+class FalseInfectionFloor:
+    """The most infection (mL) the model called on CT without COVID-19, as its card records it.
+
+    An involvement below it cannot be told from the model's own false infection, so the report says so."""
+
+    ml: float
+    measured_on: tuple[str, ...]  # e.g. ("ctchest4: 27 mL", ...)
+    model: str
+
+    def note(self, infection_ml: float) -> str:
+        """What to say next to the severity (empty when the infection found is above the floor)."""
+        if not infection_ml < self.ml:
+            return ""
+        return (f"The {infection_ml:.1f} mL of infection found is below {self.ml:.0f} mL, the most that model "
+                f"{self.model} called infection on CT without COVID-19 ({', '.join(self.measured_on)}; model "
+                "card): it may be entirely false infection.")
+
+
+def false_infection_floor(model_name: str, scores: Mapping[str, Any]) -> FalseInfectionFloor | None:
+    """The floor from a model card's scores, wherever they record ``false_infection_ml`` on a CT the model was
+    not trained on (read from the card, not hard-coded: every retrained model measures its own; a CT it trained
+    on would understate it); None if they never do."""
+    found: dict[str, float] = {}
+
+    def visit(name: str, value: object) -> None:
+        if isinstance(value, Mapping):
+            if isinstance(value.get(FALSE_INFECTION_KEY), (int, float)) and not value.get("in_training_data"):
+                found[name] = float(value[FALSE_INFECTION_KEY])
+            for key, inner in value.items():
+                visit(str(key), inner)
+
+    visit("scores", scores)
+    if not found:
+        return None
+    return FalseInfectionFloor(max(found.values()), tuple(f"{k}: {v:.0f} mL" for k, v in found.items()),
+                               model_name)
+
+
+@dataclass(frozen=True)
+class PicturePlanes:
+    """Where the QC pictures cut the canonical volume ``[S, P, L]``: chosen to show the disease.
+
+    Sagittal and coronal planes go through each lung (``"right"``/``"left"``): through the plane with the most
+    infection in that lung, else through the plane with the most of that lung. The axial mosaic spans the lungs
+    evenly and always holds the slice with the most infection."""
+
+    axial: tuple[int, ...]
+    most_infected_axial: int | None
+    coronal: dict[str, int] = field(default_factory=dict)
+    sagittal: dict[str, int] = field(default_factory=dict)
+
+
+def _densest_plane(mask: np.ndarray, axis: int) -> int | None:
+    counts = mask.sum(axis=tuple(a for a in range(3) if a != axis))
+    return int(np.argmax(counts)) if counts.any() else None
+
+
+def picture_planes(sides: np.ndarray, infected: np.ndarray) -> PicturePlanes:
+    """Planes for the pictures from the lung side of each voxel (1 left, 2 right) and the infection mask."""
+    lung_slices = np.flatnonzero((sides > 0).any(axis=(1, 2)))
+    if lung_slices.size == 0:
+        lung_slices = np.arange(sides.shape[0])
+    axial = np.unique(np.linspace(lung_slices[0], lung_slices[-1], MOSAIC_SLICES).round().astype(int))
+    most = _densest_plane(infected, 0)
+    if most is not None and most not in axial:
+        axial[np.argmin(np.abs(axial - most))] = most
+        axial = np.unique(axial)
+    planes = PicturePlanes(tuple(int(i) for i in axial[::-1]), most)
+    for side, value in (("right", RIGHT_LUNG), ("left", LEFT_LUNG)):
+        lung = sides == value
+        for axis, chosen in ((1, planes.coronal), (2, planes.sagittal)):
+            plane = _densest_plane(lung & infected, axis)
+            plane = _densest_plane(lung, axis) if plane is None else plane
+            if plane is not None:
+                chosen[side] = plane
+    if not planes.coronal:  # no lung: one plane through the middle
+        planes.coronal["middle"], planes.sagittal["middle"] = sides.shape[1] // 2, sides.shape[2] // 2
+    return planes
+
+
 def _overlay(image_hu: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """RGB picture: lung-window grey values with translucent label colours."""
     low, high = LUNG_WINDOW
@@ -80,8 +164,9 @@ def _png(figure) -> bytes:
     return buffer.getvalue()
 
 
-def qc_pictures(ct: Volume, labels: np.ndarray) -> dict[str, bytes]:
-    """``axial.png`` (mosaic of evenly spaced lung slices), ``coronal.png`` and ``sagittal.png`` through the lungs."""
+def qc_pictures(ct: Volume, labels: np.ndarray) -> tuple[dict[str, bytes], PicturePlanes]:
+    """``axial.png`` (mosaic of lung slices with the most infected one), ``coronal.png`` and ``sagittal.png``
+    (one panel through each lung, where its infection is densest), and the planes they show."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -91,40 +176,39 @@ def qc_pictures(ct: Volume, labels: np.ndarray) -> dict[str, bytes]:
     hu = canonical.array
     canonical_labels = plan.to_canonical(labels)
     spacing_l, spacing_p, spacing_s = canonical.geometry.spacing
-    lung_slices = np.flatnonzero(canonical_labels.any(axis=(1, 2)))
-    if lung_slices.size == 0:
-        lung_slices = np.arange(hu.shape[0])
-    centre = np.argwhere(canonical_labels > 0).mean(axis=0).astype(int) if canonical_labels.any() else \
-        np.asarray(hu.shape) // 2
+    planes = picture_planes(attribute_infection(canonical_labels, canonical.geometry),
+                            np.isin(canonical_labels, INFECTION_VALUES))
     pictures = {}
 
     # canonical index order is [S, P, L]: axial rows run anterior->posterior, columns patient right->left
-    chosen = np.unique(np.linspace(lung_slices[0], lung_slices[-1], MOSAIC_SLICES).round().astype(int))[::-1]
     columns = 4
-    rows = math.ceil(len(chosen) / columns)
+    rows = math.ceil(len(planes.axial) / columns)
     figure = Figure(figsize=(3 * columns, 3 * rows * hu.shape[1] * spacing_p / (hu.shape[2] * spacing_l)))
-    for n, index in enumerate(chosen):
+    for n, index in enumerate(planes.axial):
         axis = figure.add_subplot(rows, columns, n + 1)
         axis.imshow(_overlay(hu[index], canonical_labels[index]), aspect=spacing_p / spacing_l)
-        axis.set_title(f"slice {index}", color="white", fontsize=8)
+        most = " (most infection)" if index == planes.most_infected_axial else ""
+        axis.set_title(f"slice {index}{most}", color="white", fontsize=8)
         axis.axis("off")
     figure.subplots_adjust(0.01, 0.01, 0.99, 0.95, 0.02, 0.12)
     pictures["axial.png"] = _png(figure)
 
-    for name, image, label_image, aspect in (
-        ("coronal.png", hu[::-1, centre[1], :], canonical_labels[::-1, centre[1], :], spacing_s / spacing_l),
-        ("sagittal.png", hu[::-1, :, centre[2]], canonical_labels[::-1, :, centre[2]], spacing_s / spacing_p),
+    for name, chosen, cut, aspect in (
+        ("coronal", planes.coronal, lambda index: np.s_[::-1, index, :], spacing_s / spacing_l),
+        ("sagittal", planes.sagittal, lambda index: np.s_[::-1, :, index], spacing_s / spacing_p),
     ):
-        figure = Figure(figsize=(6, 6))
-        axis = figure.add_subplot(1, 1, 1)
-        axis.imshow(_overlay(image, label_image), aspect=aspect)
-        axis.set_title(name[:-4], color="white")
-        axis.axis("off")
-        pictures[name] = _png(figure)
-    return pictures
+        figure = Figure(figsize=(6 * len(chosen), 6))
+        for n, (side, index) in enumerate(chosen.items()):
+            axis = figure.add_subplot(1, len(chosen), n + 1)
+            axis.imshow(_overlay(hu[cut(index)], canonical_labels[cut(index)]), aspect=aspect)
+            axis.set_title(f"{name}, {side} lung" if side != "middle" else name, color="white")
+            axis.axis("off")
+        pictures[f"{name}.png"] = _png(figure)
+    return pictures, planes
 
 
-def _html(case: str, result: Quantification, pictures: dict[str, bytes], sources: dict[str, str]) -> str:
+def _html(case: str, result: Quantification, pictures: dict[str, bytes], sources: dict[str, str],
+          floor_note: str = "") -> str:
     def number(value: float, digits: int = 1) -> str:
         return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
@@ -149,6 +233,7 @@ figure{{display:inline-block;margin:0.5em}}img{{max-width:34em;background:#000}}
 both lungs involved{", bilateral" if result.bilateral else ""}.</p>
 <p class="note">{html.escape(result.severity_note)}. Categories (MosMedData): CT-0 no involvement, CT-1 under 25%,
 CT-2 25% to under 50%, CT-3 50% to 75%, CT-4 over 75%.</p>
+{f'<p class="note" id="false-infection">{html.escape(floor_note)}</p>' if floor_note else ""}
 <table id="figures"><tr><th>Region</th><th>Volume (mL)</th><th>Infection (mL)</th><th>Involvement (%)</th>
 <th>Healthy lung mean HU</th><th>Infection mean HU</th></tr>{rows}</table>
 {f"<h2>Warnings</h2><ul>{warnings}</ul>" if warnings else ""}
@@ -158,18 +243,24 @@ CT-2 25% to under 50%, CT-3 50% to 75%, CT-4 over 75%.</p>
 
 
 def write_report(ct: Volume, labels: np.ndarray, out_dir: Path, case: str, sources: dict[str, str] | None = None,
-                 protected: Sequence[Path] = ()) -> tuple[dict[str, Path], Quantification]:
+                 protected: Sequence[Path] = (), floor: FalseInfectionFloor | None = None
+                 ) -> tuple[dict[str, Path], Quantification]:
     """``report.json``, ``case.csv``, ``axial.png``, ``coronal.png``, ``sagittal.png`` and ``report.html``.
 
-    Returns the written paths and the figures (for a cohort table)."""
+    ``floor`` (from the model card) adds a note next to the severity when the infection found is below what the
+    model calls infection on CT without COVID-19. Returns the written paths and the figures (for a cohort
+    table)."""
     if labels.shape != ct.array.shape:
         raise ValueError(f"labels {labels.shape} and CT {ct.array.shape} are not on the same grid")
     sources = dict(sources or {})
     result = quantify(labels, ct.geometry, ct.array)
-    pictures = qc_pictures(ct, labels)
+    pictures, planes = qc_pictures(ct, labels)
+    floor_note = floor.note(result.total.infection_ml) if floor is not None else ""
     out_dir = Path(out_dir)
     written = {}
-    document = {"case": case, "sources": sources, "software": f"CovidSeg {__version__}", **asdict(result)}
+    document = {"case": case, "sources": sources, "software": f"CovidSeg {__version__}", **asdict(result),
+                "false_infection_floor_ml": floor.ml if floor is not None else None,
+                "false_infection_note": floor_note, "picture_planes": asdict(planes)}
     written["json"] = write_text(out_dir / "report.json", json.dumps(_without_nan(document), indent=2,
                                                                      allow_nan=False) + "\n", protected)
     written["csv"] = write_text(out_dir / "case.csv", csv_text([csv_row(case, result)]), protected)
@@ -177,7 +268,8 @@ def write_report(ct: Volume, labels: np.ndarray, out_dir: Path, case: str, sourc
         with atomic_output(out_dir / name, protected) as temporary:
             temporary.write_bytes(data)
         written[name] = out_dir / name
-    written["html"] = write_text(out_dir / "report.html", _html(case, result, pictures, sources), protected)
+    written["html"] = write_text(out_dir / "report.html", _html(case, result, pictures, sources, floor_note),
+                                     protected)
     return written, result
 
 

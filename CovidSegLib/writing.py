@@ -16,7 +16,8 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import OutputError
+from .errors import InputError, OutputError
+from .integrity import check_file_integrity
 from .labels import OUTPUT_LABELS, LabelInfo, slicer_terminology
 from .reading import image_from_array
 from .volume import Geometry
@@ -47,24 +48,43 @@ def check_not_protected(output: Path, protected: Iterable[str | Path]) -> None:
             raise OutputError(f"{output}: refusing to write here, it would overwrite the input or reference {item}")
 
 
+def check_output_folder(path: Path) -> None:
+    """Refuse, before any work, an output whose folder cannot be created or written (its nearest existing
+    ancestor is a file, or is not writable), rather than failing after minutes of segmentation."""
+    folder = path.parent.resolve()
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise OutputError(f"{path}: cannot write here, {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"{path}: cannot write here, the folder {folder} is not writable")
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | Path, protected: Iterable[str | Path] = ()) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; move it onto ``path`` only if the block succeeds."""
+    """Yield a temporary path beside ``path``; move it onto ``path`` only if the block succeeds.
+
+    A failed write (full disk, no permission, a folder that is a file) becomes an :class:`OutputError` naming
+    ``path``, and the temporary file is removed: nothing partial is left behind."""
     path = Path(path)
     check_not_protected(path, protected)
-    path.parent.mkdir(parents=True, exist_ok=True)
     suffix = next((s for s in LABEL_SUFFIXES + (".csv", ".json") if path.name.lower().endswith(s)), path.suffix)
-    handle, temporary_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
-    os.close(handle)
-    temporary = Path(temporary_name)
+    temporary: Path | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+        os.close(handle)
+        temporary = Path(temporary_name)
         yield temporary
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes files private; outputs are ordinary files
         os.replace(temporary, path)
+    except OSError as error:
+        raise OutputError(f"{path}: cannot write ({error.strerror or error})") from None
     finally:
-        temporary.unlink(missing_ok=True)
+        if temporary is not None:
+            temporary.unlink(missing_ok=True)
 
 
 def write_text(path: str | Path, text: str, protected: Iterable[str | Path] = ()) -> Path:
@@ -143,5 +163,18 @@ def write_label_map(
             slicerio.write_segmentation(str(temporary), _seg_nrrd_dict(labels, geometry, label_infos),
                                         compression_level=SEG_NRRD_GZIP_LEVEL, index_order="C")
         else:
-            sitk.WriteImage(image_from_array(labels, geometry), str(temporary), useCompression=True)
+            _write_with_itk(labels, geometry, temporary, path)
     return path
+
+
+def _write_with_itk(labels: np.ndarray, geometry: Geometry, temporary: Path, path: Path) -> None:
+    """Write with SimpleITK, then read the file back against its header: ITK's NIfTI writer reports a short
+    write (full disk) only on the console and returns as if it had succeeded."""
+    try:
+        sitk.WriteImage(image_from_array(labels, geometry), str(temporary), useCompression=True)
+        check_file_integrity(temporary)
+    except RuntimeError as error:  # how ITK reports the failures it does notice
+        reason = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown writer error"
+        raise OutputError(f"{path}: cannot write ({reason})") from None
+    except InputError as error:
+        raise OutputError(f"{path}: cannot write (the written file is incomplete: {error.problem})") from None

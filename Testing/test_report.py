@@ -71,8 +71,8 @@ def test_pictures_are_real_pngs_with_the_overlay(reported) -> None:
         image = np.asarray(Image.open(out / name).convert("RGB")).astype(int)
         assert image.shape[0] > 300 and image.shape[1] > 300
         red = (image[..., 0] > image[..., 1] + 60) & (image[..., 0] > image[..., 2] + 60)
-        blue = (image[..., 2] > image[..., 0] + 40)
-        assert blue.any(), f"{name}: no lung overlay"
+        lung = (image[..., 2] > image[..., 0] + 40) | (image[..., 1] > image[..., 0] + 40)  # blue or green
+        assert lung.any(), f"{name}: no lung overlay"
         if name == "axial.png":
             assert red.any(), "the mosaic must show the infection"
 
@@ -133,3 +133,61 @@ def test_ggo_and_consolidation_in_a_label_file_reach_the_report(volumes: Path, t
     assert result.ggo_ml == pytest.approx(800 * voxel_ml)
     assert result.consolidation_ml == pytest.approx(400 * voxel_ml)
     assert result.total.infection_ml == pytest.approx(1200 * voxel_ml)
+
+
+def test_pictures_cut_through_the_disease(reported) -> None:
+    """The mosaic holds the slice with the most infection; sagittal and coronal panels go through each lung,
+    the left one through its lesion (a midline sagittal shows almost no lung)."""
+    from CovidSegLib.orientation import plan_reorientation
+
+    out, labels, ct = reported
+    planes = json.loads((out / "report.json").read_text())["picture_planes"]
+    canonical = plan_reorientation(ct.geometry).to_canonical(labels)
+    infection_per_slice = (canonical == 3).sum(axis=(1, 2))
+    assert planes["most_infected_axial"] == int(np.argmax(infection_per_slice))
+    assert planes["most_infected_axial"] in planes["axial"] and len(planes["axial"]) <= 12
+    assert set(planes["sagittal"]) == set(planes["coronal"]) == {"right", "left"}
+    assert (canonical[:, :, planes["sagittal"]["left"]] == 3).any()
+    assert (canonical[:, planes["coronal"]["left"], :] == 3).any()
+    assert (canonical[:, :, planes["sagittal"]["right"]] == 2).any()
+    midline = canonical.shape[2] // 2
+    assert (canonical[:, :, planes["sagittal"]["right"]] > 0).sum() > (canonical[:, :, midline] > 0).sum()
+    for name in ("coronal.png", "sagittal.png"):
+        image = np.asarray(Image.open(out / name).convert("RGB")).astype(int)
+        red = (image[..., 0] > image[..., 1] + 60) & (image[..., 0] > image[..., 2] + 60)
+        assert red.any(), f"{name} must show the infection"
+        assert image.shape[1] > 1.5 * image.shape[0], f"{name}: one panel per lung"
+
+
+def test_infection_below_the_models_false_infection_floor_is_flagged(volumes: Path, tmp_path: Path) -> None:
+    import CovidSegLib.model as model_module
+    from CovidSegLib.report import false_infection_floor
+
+    card = model_module.read_card(model_module.BUNDLED_CARD)
+    measured = [v["infection_ml_found_in_ct_without_covid"] for v in card.scores["real_volumes"].values()]
+    floor = false_infection_floor(card.name, card.scores)
+    assert floor is not None and floor.ml == pytest.approx(max(measured))
+    assert false_infection_floor("x", {"held_out": {"lungs": 0.9}}) is None
+
+    ct = prepare_ct(read_volume(volumes / "ctchest4.nrrd"))
+    layer = read_segmentation(volumes / "ctchest4.seg.nrrd").layers[0]
+    labels = np.where(layer == 6, 1, np.where(layer == 5, 2, 0)).astype(np.uint8)
+    left = np.argwhere(labels == 1)
+    labels[tuple(left[:50].T)] = 3  # 50 voxels: about 5 mL, well below the floor
+    labels_path = write_label_map(labels, ct.geometry, tmp_path / "small.seg.nrrd")
+    result = run_cli("report", str(volumes / "ctchest4.nrrd"), str(labels_path), "-o", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    document = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert document["false_infection_floor_ml"] == pytest.approx(max(measured))
+    assert f"below {max(measured):.0f} mL" in document["false_infection_note"]
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert 'id="false-infection"' in page and f"below {max(measured):.0f} mL" in page
+    assert page.index('id="severity"') < page.index('id="false-infection"') < page.index('id="figures"')
+
+
+def test_no_floor_note_when_the_infection_is_above_it(reported) -> None:
+    out, _, _ = reported
+    document = json.loads((out / "report.json").read_text())
+    assert document["total"]["infection_ml"] > document["false_infection_floor_ml"]
+    assert document["false_infection_note"] == ""
+    assert 'id="false-infection"' not in (out / "report.html").read_text()

@@ -1,7 +1,8 @@
 """The segmentation engine and ``covidseg segment``: model loading, real volumes, batch, cancel, OOM fallback.
 
 Mechanics are tested with a small untrained network saved in the real model format, so these tests need no
-trained weights; what the bundled model finds is tested in ``test_bundled_model.py``.
+trained weights; what the bundled model finds is tested in ``test_bundled_model.py``. The untrained network
+finds no lung, which ``covidseg segment`` refuses unless ``--allow-empty`` asks for the empty result.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ def small_model(tmp_path_factory) -> Path:
 def test_segment_writes_named_segments_on_the_input_grid(volumes: Path, small_model: Path, tmp_path: Path,
                                                          name: str) -> None:
     out = tmp_path / "labels.seg.nrrd"
-    result = run_cli("segment", str(volumes / name), "-o", str(out), "--model", str(small_model), "--quiet")
+    result = run_cli("segment", str(volumes / name), "-o", str(out), "--model", str(small_model), "--quiet",
+                     "--allow-empty")
     assert result.returncode == 0, result.stderr
     segmentation = slicerio.read_segmentation(str(out))
     assert [s["name"] for s in segmentation["segments"]] == NAMES
@@ -62,7 +64,7 @@ def test_segment_writes_named_segments_on_the_input_grid(volumes: Path, small_mo
 def test_segment_other_formats(volumes: Path, small_model: Path, tmp_path: Path, suffix: str) -> None:
     out = tmp_path / f"labels{suffix}"
     result = run_cli("segment", str(volumes / "ctchest4.nrrd"), "-o", str(out), "--model", str(small_model),
-                     "--quiet")
+                     "--quiet", "--allow-empty")
     assert result.returncode == 0, result.stderr
     assert read_volume(out).geometry.matches(read_volume(volumes / "ctchest4.nrrd").geometry)
 
@@ -78,7 +80,7 @@ def test_batch_mode_segments_every_ct_and_reports_bad_ones(volumes: Path, small_
     shutil.copy(volumes / "ctchest4.seg.nrrd", cases / "a.seg.nrrd")  # a segmentation: not a case
     out = tmp_path / "out"
     result = run_cli("segment", str(cases), "-o", str(out), "--format", ".nii.gz", "--model", str(small_model),
-                     "--quiet")
+                     "--quiet", "--allow-empty")
     assert result.returncode == 3
     assert "d_single.dcm: 2D image" in result.stderr
     assert "segmented 3 of 4 cases" in result.stdout
@@ -192,7 +194,7 @@ def test_segment_refuses_to_overwrite_its_input(volumes: Path, small_model: Path
 def test_segment_with_report_writes_both(volumes: Path, small_model: Path, tmp_path: Path) -> None:
     out = tmp_path / "case.seg.nrrd"
     result = run_cli("segment", str(volumes / "ctchest4.nrrd"), "-o", str(out), "--model", str(small_model),
-                     "--report", "--quiet")
+                     "--report", "--quiet", "--allow-empty")
     assert result.returncode == 0, result.stderr
     report = tmp_path / "case_report"
     assert out.is_file() and (report / "report.html").is_file() and (report / "axial.png").is_file()

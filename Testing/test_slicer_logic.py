@@ -140,3 +140,20 @@ def test_cancel_leaves_no_segmentation(scene, volumes: Path, logic_model: str) -
     with pytest.raises(Cancelled):
         CovidSegLogic(scene).segment(volume, model_path=logic_model, progress=lambda f: f > 0.2)
     assert scene.GetNodesByClass("vtkMRMLSegmentationNode").GetNumberOfItems() == 0
+
+
+def test_unusual_geometry_is_a_warning_on_the_nodes_and_impossible_geometry_an_error(scene, volumes: Path,
+                                                                                    logic_model: str) -> None:
+    logic = CovidSegLogic(scene)
+    volume = load_volume(scene, volumes / "ctchest4.nrrd")
+    assert logic.warnings(logic.segment(volume, model_path=logic_model)) == []  # a real chest CT: nothing to say
+    pixel = volume.GetSpacing()[0]
+    volume.SetSpacing(pixel, pixel, 15.0)  # thicker slices than any chest CT protocol
+    segmentation_node = logic.segment(volume, model_path=logic_model)
+    (warning,) = logic.warnings(segmentation_node)
+    assert warning.startswith("slice spacing 15 mm is unusual for a chest CT")
+    table, result = logic.quantify(segmentation_node, volume)
+    assert warning in logic.warnings(table) and warning in result.warnings
+    volume.SetSpacing(pixel, pixel, 100.0)
+    with pytest.raises(InputError, match="ctchest4.nrrd: slice spacing 100 mm is impossible for a chest CT"):
+        logic.segment(volume, model_path=logic_model)
