@@ -35,7 +35,8 @@ def offscreen_rendering_problem(timeout_s: float = 60) -> str | None:
     """Why VTK cannot render off-screen here, or None when it can. Probed in a child process because a missing or
     broken OpenGL (no libEGL, no OSMesa) can abort the process that tries."""
     try:
-        probe = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=timeout_s)
+        probe = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, encoding="utf-8",
+                               timeout=timeout_s)
     except subprocess.TimeoutExpired:
         return f"an off-screen VTK render did not finish in {timeout_s:.0f} s"
     last_line = probe.stdout.strip().splitlines()[-1:] or [""]

@@ -34,7 +34,8 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run the installed ``covidseg`` console script (falls back to ``python -m CovidSegLib``)."""
     script = shutil.which("covidseg", path=str(Path(sys.executable).parent))
     command = [script] if script else [sys.executable, "-m", "CovidSegLib"]
-    return subprocess.run(command + list(args), capture_output=True, text=True, cwd=cwd, timeout=600)
+    return subprocess.run(command + list(args), capture_output=True, text=True, encoding="utf-8", cwd=cwd,
+                          timeout=600)
 
 
 def stack_slice(image: np.ndarray, copies: int = 3) -> np.ndarray:

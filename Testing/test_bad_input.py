@@ -283,7 +283,7 @@ def test_unusual_geometry_is_segmented_with_a_printed_warning(volumes: Path, tmp
     assert main(["segment", str(ct), "-o", str(tmp_path / "out.seg.nrrd"), "--quiet", "--report"]) == 0
     warning = "warning: slice spacing 15 mm is unusual for a chest CT"
     assert warning in capsys.readouterr().err
-    report = (tmp_path / "out_report" / "report.html").read_text()
+    report = (tmp_path / "out_report" / "report.html").read_text(encoding="utf-8")
     assert warning.removeprefix("warning: ") in report
 
 
@@ -311,6 +311,7 @@ def test_disk_full_while_writing_leaves_no_partial_output(volumes: Path, tmp_pat
     before = digests(volumes / "ctchest4.nrrd")
     result = subprocess.run([sys.executable, "-m", "CovidSegLib", "segment", str(volumes / "ctchest4.nrrd"), "-o",
                              str(output), "--quiet"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                            encoding="utf-8",
                             timeout=300, preexec_fn=limit_file_size)
     assert result.returncode == EXIT_OUTPUT, result.stderr
     assert f"covidseg: error: {output}: cannot write (" in result.stderr and "Traceback" not in result.stderr
@@ -353,6 +354,7 @@ def test_progress_in_a_log_is_a_few_lines_not_a_flood_of_carriage_returns() -> N
 def test_segment_run_as_a_batch_job_logs_progress_as_lines(volumes: Path, tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "CovidSegLib", "segment", str(volumes / "ctchest4.nrrd"), "-o",
                              str(tmp_path / "x.seg.nrrd")], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                            encoding="utf-8",
                             timeout=300)
     assert result.returncode == 0, result.stderr
     assert "\r" not in result.stderr

@@ -26,7 +26,7 @@ MAX_FALSE_INFECTION_ML = 60.0
 
 
 def test_bundled_model_is_small_safe_and_described() -> None:
-    card = json.loads(BUNDLED_CARD.read_text())
+    card = json.loads(BUNDLED_CARD.read_text(encoding="utf-8"))
     weights = BUNDLED_CARD.parent / card["weights_file"]
     assert weights.suffix == ".safetensors" and weights.stat().st_size < 30e6
     assert file_sha256(weights) == card["weights_sha256"]

@@ -47,7 +47,7 @@ def test_same_file_gives_dice_one_for_both_lungs(volumes: Path, tmp_path: Path) 
     table = {line.split()[0]: line.split() for line in result.stdout.splitlines() if line.strip()}
     assert table["left_lung"][1] == "1.0000" and table["right_lung"][1] == "1.0000"
     assert table["infection"][1] == "n/a"  # no infection in either: NaN, not a perfect score
-    document = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    document = json.loads((tmp_path / "out" / "metrics.json").read_text(encoding="utf-8"))
     metrics = document["cases"][0]["metrics"]
     assert metrics["left_lung"]["dice"] == metrics["right_lung"]["dice"] == 1.0
     assert metrics["left_lung"]["hd95_mm"] == 0.0 and metrics["lungs"]["nsd"] == 1.0
@@ -87,7 +87,7 @@ def test_folder_mode_pairs_by_name_and_summarises(reference, tmp_path: Path) -> 
     result = run_cli("evaluate", str(predictions), str(references), "-o", str(tmp_path / "out"))
     assert result.returncode == 0, result.stderr
     assert "no prediction for reference unmatched.seg.nrrd" in result.stdout
-    document = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    document = json.loads((tmp_path / "out" / "metrics.json").read_text(encoding="utf-8"))
     assert [c["case"] for c in document["cases"]] == ["a", "b", "c"]
     summary = document["summary"]["left_lung"]["dice"]
     assert summary["mean"] == pytest.approx(statistics.fmean(dice))
@@ -109,7 +109,8 @@ def test_reference_with_foreign_codes_needs_a_mapping(volumes: Path, reference, 
     mapped = run_cli("evaluate", str(pred), str(plain), "--ref-map", "5=right_lung,6=left_lung", "-o",
                      str(tmp_path / "out"))
     assert mapped.returncode == 0, mapped.stderr
-    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["cases"][0]["metrics"]["lungs"]["dice"] == 1.0
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["cases"][0]["metrics"]["lungs"]["dice"] == 1.0
 
 
 def test_totalsegmentator_lobes_map_to_lungs(volumes: Path) -> None:

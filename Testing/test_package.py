@@ -20,7 +20,7 @@ FORBIDDEN = {"slicer", "qt", "vtk", "ctk", "slicer_core", "MRMLCorePython"}
 
 
 def _imported_modules(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text(), filename=str(path))
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     names: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -46,7 +46,7 @@ def test_importing_every_module_does_not_import_torch() -> None:
         "         if m in sys.modules]\n"
         "print(','.join(heavy))\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, encoding="utf-8", check=True)
     assert result.stdout.strip() == "", f"imported at package import: {result.stdout.strip()}"
 
 

@@ -42,7 +42,7 @@ def reported(volumes: Path, tmp_path_factory) -> tuple[Path, np.ndarray, object]
 
 def test_report_volumes_equal_voxel_counts(reported) -> None:
     out, labels, ct = reported
-    document = json.loads((out / "report.json").read_text())
+    document = json.loads((out / "report.json").read_text(encoding="utf-8"))
     voxel_ml = np.prod(ct.geometry.spacing) / 1000
     assert document["total"]["volume_ml"] == pytest.approx(np.count_nonzero(labels) * voxel_ml)
     assert document["total"]["infection_ml"] == pytest.approx(3000 * voxel_ml)
@@ -59,7 +59,7 @@ def test_report_volumes_on_totalsegmentator_lobes(volumes: Path, tmp_path: Path)
     labels_path = write_label_map(labels, ct.geometry, tmp_path / "labels.nii.gz")
     assert np.array_equal(labels_for_ct(labels_path, ct), labels)
     write_report(ct, labels, tmp_path / "out", "totalseg")
-    document = json.loads((tmp_path / "out" / "report.json").read_text())
+    document = json.loads((tmp_path / "out" / "report.json").read_text(encoding="utf-8"))
     assert document["left"]["volume_ml"] == pytest.approx(np.count_nonzero(labels == 1) * 0.027)
     assert document["right"]["volume_ml"] == pytest.approx(np.count_nonzero(labels == 2) * 0.027)
     assert any("outside the usual adult range" in w for w in document["warnings"])  # a 9 cm crop of the lungs
@@ -85,7 +85,7 @@ def test_html_renders_in_headless_chromium(reported, tmp_path: Path) -> None:
     result = subprocess.run(
         [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'p'}",
-         "--dump-dom", (out / "report.html").as_uri()], capture_output=True, text=True, timeout=120)
+         "--dump-dom", (out / "report.html").as_uri()], capture_output=True, text=True, encoding="utf-8", timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     dom = result.stdout
     assert 'id="severity"' in dom and "CT-1" in dom and dom.count("<img") == 3
@@ -141,7 +141,7 @@ def test_pictures_cut_through_the_disease(reported) -> None:
     from CovidSegLib.orientation import plan_reorientation
 
     out, labels, ct = reported
-    planes = json.loads((out / "report.json").read_text())["picture_planes"]
+    planes = json.loads((out / "report.json").read_text(encoding="utf-8"))["picture_planes"]
     canonical = plan_reorientation(ct.geometry).to_canonical(labels)
     infection_per_slice = (canonical == 3).sum(axis=(1, 2))
     assert planes["most_infected_axial"] == int(np.argmax(infection_per_slice))
@@ -177,17 +177,17 @@ def test_infection_below_the_models_false_infection_floor_is_flagged(volumes: Pa
     labels_path = write_label_map(labels, ct.geometry, tmp_path / "small.seg.nrrd")
     result = run_cli("report", str(volumes / "ctchest4.nrrd"), str(labels_path), "-o", str(tmp_path / "out"))
     assert result.returncode == 0, result.stderr
-    document = json.loads((tmp_path / "out" / "report.json").read_text())
+    document = json.loads((tmp_path / "out" / "report.json").read_text(encoding="utf-8"))
     assert document["false_infection_floor_ml"] == pytest.approx(max(measured))
     assert f"below {max(measured):.0f} mL" in document["false_infection_note"]
-    page = (tmp_path / "out" / "report.html").read_text()
+    page = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
     assert 'id="false-infection"' in page and f"below {max(measured):.0f} mL" in page
     assert page.index('id="severity"') < page.index('id="false-infection"') < page.index('id="figures"')
 
 
 def test_no_floor_note_when_the_infection_is_above_it(reported) -> None:
     out, _, _ = reported
-    document = json.loads((out / "report.json").read_text())
+    document = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert document["total"]["infection_ml"] > document["false_infection_floor_ml"]
     assert document["false_infection_note"] == ""
-    assert 'id="false-infection"' not in (out / "report.html").read_text()
+    assert 'id="false-infection"' not in (out / "report.html").read_text(encoding="utf-8")

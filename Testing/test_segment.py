@@ -96,14 +96,14 @@ def test_wrong_or_corrupt_model_files_are_refused(volumes: Path, small_model: Pa
     weights.write_bytes(weights.read_bytes()[:1000])  # truncated download
     with pytest.raises(ModelError, match="does not match the model card's"):
         load_model(card_path)
-    card = json.loads(card_path.read_text())
+    card = json.loads(card_path.read_text(encoding="utf-8"))
     card["weights_sha256"] = __import__("hashlib").sha256(weights.read_bytes()).hexdigest()
     card_path.write_text(json.dumps(card))
     with pytest.raises(ModelError, match="not a readable safetensors file"):
         load_model(card_path)
 
     shutil.copy(small_model.with_suffix(".safetensors"), weights)
-    card = json.loads(small_model.read_text())
+    card = json.loads(small_model.read_text(encoding="utf-8"))
     card["encoder"] = "resnet34"  # a card that does not describe these weights
     card_path.write_text(json.dumps(card))
     with pytest.raises(ModelError, match="weights do not fit the network in test-unet.json: .* missing"):
@@ -198,7 +198,7 @@ def test_segment_with_report_writes_both(volumes: Path, small_model: Path, tmp_p
     assert result.returncode == 0, result.stderr
     report = tmp_path / "case_report"
     assert out.is_file() and (report / "report.html").is_file() and (report / "axial.png").is_file()
-    assert json.loads((report / "report.json").read_text())["case"] == "case"
+    assert json.loads((report / "report.json").read_text(encoding="utf-8"))["case"] == "case"
 
 
 def test_thin_slices_are_inferred_about_every_2_5_mm_without_bridging_gaps() -> None:

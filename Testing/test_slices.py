@@ -41,7 +41,7 @@ def test_predict_slices_writes_masks_at_each_slice_size(npz_predictions: Path, s
 def test_evaluate_scores_lungs_against_the_npz_masks(npz_predictions: Path, slices: Path, tmp_path: Path) -> None:
     result = run_cli("evaluate", str(npz_predictions), str(slices), "-o", str(tmp_path / "eval"))
     assert result.returncode == 0, result.stderr
-    summary = json.loads((tmp_path / "eval" / "slice_summary.json").read_text())["summary"]
+    summary = json.loads((tmp_path / "eval" / "slice_summary.json").read_text(encoding="utf-8"))["summary"]
     assert set(summary) == {"lungs"}  # the npz slices have lung masks only
     # Measured 0.949 pooled; without the slice post-processing the air beside the patient made it 0.54.
     assert summary["lungs"]["pooled_dice"] > 0.85
@@ -75,7 +75,7 @@ def test_predict_and_evaluate_medseg_layout(slices: Path, tmp_path: Path) -> Non
     assert len(list((out / "infection").glob("*.png"))) == 8
     result = run_cli("evaluate", str(out), str(dataset), "-o", str(tmp_path / "eval"))
     assert result.returncode == 0, result.stderr
-    summary = json.loads((tmp_path / "eval" / "slice_summary.json").read_text())["summary"]
+    summary = json.loads((tmp_path / "eval" / "slice_summary.json").read_text(encoding="utf-8"))["summary"]
     assert set(summary) == {"infection"}
     assert summary["infection"]["pooled_dice"] > 0.5  # in the bundled model's training data: a smoke check
     assert "infection" in result.stdout

@@ -44,7 +44,7 @@ def test_real_slice_sources_load(slices: Path) -> None:
 def test_short_training_lowers_loss_and_exports_a_loadable_model(slices: Path, volumes: Path, tmp_path: Path
                                                                  ) -> None:
     card_path = train(_config(slices, tmp_path / "run"), log=lambda *_: None)
-    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    history = json.loads((tmp_path / "run" / "history.json").read_text(encoding="utf-8"))
     assert history[-1]["loss"] < history[0]["loss"], [h["loss"] for h in history]
     model = load_model(card_path)
     assert model.card.input_size == 64 and model.card.outputs == ("lungs", "infection")
@@ -56,7 +56,7 @@ def test_short_training_lowers_loss_and_exports_a_loadable_model(slices: Path, v
 def test_interrupted_training_resumes_to_the_same_result(slices: Path, tmp_path: Path) -> None:
     config = _config(slices, tmp_path / "full", epochs=3, max_steps_per_epoch=3)
     train(config, log=lambda *_: None)
-    uninterrupted = json.loads((tmp_path / "full" / "history.json").read_text())
+    uninterrupted = json.loads((tmp_path / "full" / "history.json").read_text(encoding="utf-8"))
 
     class Interrupt(Exception):
         pass
@@ -75,7 +75,7 @@ def test_interrupted_training_resumes_to_the_same_result(slices: Path, tmp_path:
     messages: list[str] = []
     train(resumed_config, log=messages.append)
     assert "resumed after epoch 1" in messages
-    resumed = json.loads((tmp_path / "resumed" / "history.json").read_text())
+    resumed = json.loads((tmp_path / "resumed" / "history.json").read_text(encoding="utf-8"))
     assert [h["epoch"] for h in resumed] == [1, 2, 3]
     assert np.allclose([h["loss"] for h in resumed], [h["loss"] for h in uninterrupted], rtol=1e-4)
 
@@ -123,6 +123,6 @@ def test_recorded_training_configurations_are_valid() -> None:
     assert configs["corpus-only"].corpus and not configs["corpus-only"].medseg
     assert configs["medseg-only"].medseg and not configs["medseg-only"].corpus
     assert configs["bundled"].healthy_volumes and configs["bundled"].preprocessing().mode == "clahe"
-    bundled_card = json.loads((folder.parent / "model" / "covidseg-unet.json").read_text())
+    bundled_card = json.loads((folder.parent / "model" / "covidseg-unet.json").read_text(encoding="utf-8"))
     assert bundled_card["training_config"]["input_size"] == configs["bundled"].input_size
     assert bundled_card["preprocessing"] == json.loads(json.dumps(asdict(configs["bundled"].preprocessing())))

@@ -138,7 +138,7 @@ def test_cross_validation_trains_every_fold(covid19_ct_seg: Path, slices: Path, 
     config = TrainConfig(out_dir=str(tmp_path / "cv"), npz_slices=str(slices), volumes=str(covid19_ct_seg),
                          folds=2, name="tiny", input_size=64, epochs=1, batch_size=4, max_steps_per_epoch=2,
                          threads=2)
-    summary = json.loads(cross_validate(config, log=lambda *_: None).read_text())
+    summary = json.loads(cross_validate(config, log=lambda *_: None).read_text(encoding="utf-8"))
     assert summary["folds"] == 2 and len(summary["per_fold_validation_pooled_dice"]) == 2
     assert all((tmp_path / "cv" / f"fold-{k}" / "tiny.safetensors").is_file() for k in (0, 1))
     assert 0 <= summary["lungs"]["mean"] <= 1
@@ -159,7 +159,7 @@ def test_fine_tune_on_a_nifti_folder_with_the_documented_command(covid19_ct_seg:
     assert "training on 68 slices" in result.stdout and "fewer than 3 patients" in result.stdout
     card = load_model(tmp_path / "tuned" / "tuned.json").card
     assert "volumes from COVID-19-CT-Seg" in card.training_data
-    assert len(json.loads((tmp_path / "tuned" / "history.json").read_text())) == 2
+    assert len(json.loads((tmp_path / "tuned" / "history.json").read_text(encoding="utf-8"))) == 2
 
 
 def test_torchrun_trains_with_distributed_data_parallel_on_gloo(slices: Path, tmp_path: Path) -> None:
@@ -171,11 +171,12 @@ def test_torchrun_trains_with_distributed_data_parallel_on_gloo(slices: Path, tm
     environment = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(PROJECT_ROOT))
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                              "-m", "CovidSegLib.training", str(tmp_path / "ddp.json")],
-                            capture_output=True, text=True, timeout=600, env=environment, cwd=tmp_path)
+                            capture_output=True, text=True, encoding="utf-8", timeout=600, env=environment,
+                            cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 processes (gloo)" in result.stdout
     assert result.stdout.count("epoch 1:") == 1  # only process 0 reports
-    history = json.loads((tmp_path / "ddp" / "history.json").read_text())
+    history = json.loads((tmp_path / "ddp" / "history.json").read_text(encoding="utf-8"))
     assert [h["epoch"] for h in history] == [1, 2]
     assert load_model(tmp_path / "ddp" / "ddp.json").card.input_size == 64
 

@@ -67,8 +67,9 @@ def start_server(ct: Path, reference: Path, log: Path) -> tuple[subprocess.Popen
 
     def url() -> str | None:
         if process.poll() is not None:
-            raise AssertionError(f"covidseg view exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        found = re.search(r"serving (http://127\.0\.0\.1:\d+/)", log.read_text())
+            output = log.read_text(encoding="utf-8")[-3000:]
+            raise AssertionError(f"covidseg view exited with {process.returncode}:\n{output}")
+        found = re.search(r"serving (http://127\.0\.0\.1:\d+/)", log.read_text(encoding="utf-8"))
         return found.group(1) if found else None
 
     return process, wait_for(url, 180, "covidseg view to listen")
@@ -131,7 +132,8 @@ def start_chromium(profile: Path) -> tuple[subprocess.Popen, str]:
          "--window-size=1500,950", "about:blank"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     port_file = profile / "DevToolsActivePort"
-    port = wait_for(lambda: port_file.is_file() and port_file.read_text().split("\n")[0], 60, "Chromium's DevTools")
+    port = wait_for(lambda: port_file.is_file() and port_file.read_text(encoding="utf-8").split("\n")[0], 60,
+                    "Chromium's DevTools")
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as answer:
         pages = [t for t in json.load(answer) if t["type"] == "page"]
     return process, pages[0]["webSocketDebuggerUrl"]
@@ -261,7 +263,7 @@ def test_page_numbers_are_the_librarys(session: dict, volumes: Path) -> None:
         assert float(rows[name][0]) == pytest.approx(figures.volume_ml, abs=0.006), name
         assert float(rows[name][2]) == pytest.approx(figures.involvement_percent, abs=0.006), name
     assert result.severity in session["severity"]
-    report = json.loads((session["saved"] / "ctchest4_report" / "report.json").read_text())
+    report = json.loads((session["saved"] / "ctchest4_report" / "report.json").read_text(encoding="utf-8"))
     assert report["severity"] == result.severity
 
     case = evaluate_case(saved, volumes / "ctchest4.seg.nrrd")

@@ -133,7 +133,7 @@ def continuity_groups(images: np.ndarray, lungs: np.ndarray, min_score: float = 
 
 
 def read_split(path: Path = SPLIT_FILE) -> dict:
-    return json.loads(Path(path).read_text())
+    return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
 def split_indices(split: dict, part: str) -> np.ndarray:

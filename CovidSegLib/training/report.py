@@ -221,10 +221,10 @@ def main() -> None:
                                                         args.healthy, args.healthy_trained, Path(work))
     print(json.dumps(scores, indent=2))
     if args.write:
-        document = json.loads(card_path.read_text())
+        document = json.loads(card_path.read_text(encoding="utf-8"))
         document["scores"] = scores
         ModelCard.from_json(json.dumps(document), str(card_path))  # still a valid card
-        card_path.write_text(json.dumps(document, indent=2) + "\n")
+        card_path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -63,7 +63,7 @@ class TrainConfig:
 
     @classmethod
     def from_file(cls, path: str | Path) -> "TrainConfig":
-        document = json.loads(Path(path).read_text())
+        document = json.loads(Path(path).read_text(encoding="utf-8"))
         for key in ("decoder_channels", "window", "clip_hu", "healthy_volumes"):
             if document.get(key) is not None:
                 document[key] = tuple(document[key])
@@ -264,7 +264,7 @@ def train(config: TrainConfig, log=print) -> Path:
                                   "best_epoch": state["best_epoch"], "epochs_trained": state["epoch"],
                                   "exported_epoch_chosen_by": selection}, describe_data(config, train_set, how))
         save_model(network.cpu(), card, card_path)
-        (out_dir / "history.json").write_text(json.dumps(state["history"], indent=2))
+        (out_dir / "history.json").write_text(json.dumps(state["history"], indent=2), encoding="utf-8")
         log(f"exported {card_path} (best epoch {state['best_epoch']})")
     dist.stop()
     return card_path
@@ -322,14 +322,14 @@ def cross_validate(config: TrainConfig, log=print) -> Path:
     for fold in range(config.folds):
         fold_config = replace(config, fold=fold, out_dir=str(out_dir / f"fold-{fold}"))
         card_path = train(fold_config, log=lambda message, fold=fold: log(f"[fold {fold}] {message}"))
-        per_fold.append(json.loads(card_path.read_text())["scores"]["validation_pooled_dice"])
+        per_fold.append(json.loads(card_path.read_text(encoding="utf-8"))["scores"]["validation_pooled_dice"])
     summary = {"folds": config.folds, "seed": config.seed, "per_fold_validation_pooled_dice": per_fold}
     for output in OUTPUTS:
         values = [f[output] for f in per_fold if f.get(output) is not None and not math.isnan(f[output])]
         summary[output] = {"mean": float(np.mean(values)) if values else math.nan,
                            "sd": float(np.std(values, ddof=1)) if len(values) > 1 else math.nan}
     path = out_dir / "cross_validation.json"
-    path.write_text(json.dumps(summary, indent=2) + "\n")
+    path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     log(f"cross-validation: lungs {summary['lungs']['mean']:.4f} ± {summary['lungs']['sd']:.4f}, infection "
         f"{summary['infection']['mean']:.4f} ± {summary['infection']['sd']:.4f} ({path})")
     return path
