@@ -34,6 +34,9 @@ DEFAULT_BATCH = {"cuda": 32, "mps": 8, "cpu": 8}
 #: slice thickness many 2D COVID-19 pipelines work at.
 INFERRED_SLICE_GAP_MM = 2.5
 AIR_HU = -1024
+#: Less lung than this is no chest CT's lungs but stray air called lung (an airway, bowel gas): "no lung found".
+#: Two 1 mm slices through the lungs already hold about 40 mL.
+MIN_LUNG_ML = 10.0
 
 
 @dataclass(frozen=True)
@@ -180,6 +183,11 @@ class _InlineExecutor:
         return future
 
 
+def no_lung_note(lung_ml: float) -> str:
+    """What to say when the lungs found are fewer than any chest CT has (see :data:`MIN_LUNG_ML`)."""
+    return f"no lung found ({lung_ml:.1f} mL of lung-like labels, under the {MIN_LUNG_ML:.0f} mL of any chest CT)"
+
+
 def whole_slice_box(shape: tuple[int, int]) -> Box:
     """The square that holds a whole slice, padded at the bottom and right (as the representation pads)."""
     return Box(0, 0, max(shape))
@@ -299,7 +307,8 @@ def segment_volume(
     labels = from_canonical(postprocess(lungs, infection, canonical.geometry, body=body), plan)
     report(1.0)
     finished = time.perf_counter()
-    notes = [] if labels.any() else ["no lung found"]
+    lung_ml = np.count_nonzero(labels) * volume.geometry.voxel_volume_ml
+    notes = [] if lung_ml >= MIN_LUNG_ML else [no_lung_note(lung_ml)]
     return SegmentationResult(
         labels=labels,
         device=str(segmenter.device),

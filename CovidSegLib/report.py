@@ -88,12 +88,14 @@ class FalseInfectionFloor:
 def false_infection_floor(model_name: str, scores: Mapping[str, Any]) -> FalseInfectionFloor | None:
     """The floor from a model card's scores, wherever they record ``false_infection_ml`` on a CT the model was
     not trained on (read from the card, not hard-coded: every retrained model measures its own; a CT it trained
-    on would understate it); None if they never do."""
+    on would understate it) and whose geometry drew no warning (a CT the tool already warns about, such as
+    5 mm pixels, says nothing about the CT it accepts); None if they never do."""
     found: dict[str, float] = {}
 
     def visit(name: str, value: object) -> None:
         if isinstance(value, Mapping):
-            if isinstance(value.get(FALSE_INFECTION_KEY), (int, float)) and not value.get("in_training_data"):
+            if isinstance(value.get(FALSE_INFECTION_KEY), (int, float)) and not value.get("in_training_data") \
+                    and not value.get("geometry_warnings"):
                 found[name] = float(value[FALSE_INFECTION_KEY])
             for key, inner in value.items():
                 visit(str(key), inner)

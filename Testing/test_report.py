@@ -159,21 +159,35 @@ def test_pictures_cut_through_the_disease(reported) -> None:
         assert image.shape[1] > 1.5 * image.shape[0], f"{name}: one panel per lung"
 
 
+def test_the_floor_comes_from_held_out_ct_only() -> None:
+    from CovidSegLib.report import false_infection_floor
+
+    scores = {"ct_without_covid": {"held": {"in_training_data": False, "false_infection_ml": 12.0},
+                                   "seen": {"in_training_data": True, "false_infection_ml": 0.0},
+                                   "coarse": {"in_training_data": False, "false_infection_ml": 900.0,
+                                              "geometry_warnings": ["pixel spacing 5.3 mm is unusual"]}}}
+    floor = false_infection_floor("m", scores)
+    # a CT it trained on would understate it; a CT the tool warns about says nothing of those it accepts
+    assert floor.ml == 12.0 and floor.measured_on == ("held: 12 mL",)
+    assert false_infection_floor("x", {"held_out": {"lungs": 0.9}}) is None
+
+
 def test_infection_below_the_models_false_infection_floor_is_flagged(volumes: Path, tmp_path: Path) -> None:
     import CovidSegLib.model as model_module
     from CovidSegLib.report import false_infection_floor
 
     card = model_module.read_card(model_module.BUNDLED_CARD)
-    measured = [v["infection_ml_found_in_ct_without_covid"] for v in card.scores["real_volumes"].values()]
+    measured = [v["false_infection_ml"] for v in card.scores["ct_without_covid"].values()
+                if not v["in_training_data"] and not v["geometry_warnings"]]
     floor = false_infection_floor(card.name, card.scores)
     assert floor is not None and floor.ml == pytest.approx(max(measured))
-    assert false_infection_floor("x", {"held_out": {"lungs": 0.9}}) is None
 
     ct = prepare_ct(read_volume(volumes / "ctchest4.nrrd"))
     layer = read_segmentation(volumes / "ctchest4.seg.nrrd").layers[0]
     labels = np.where(layer == 6, 1, np.where(layer == 5, 2, 0)).astype(np.uint8)
     left = np.argwhere(labels == 1)
-    labels[tuple(left[:50].T)] = 3  # 50 voxels: about 5 mL, well below the floor
+    below = max(1, int(0.5 * floor.ml / ct.geometry.voxel_volume_ml))  # half the floor
+    labels[tuple(left[:below].T)] = 3
     labels_path = write_label_map(labels, ct.geometry, tmp_path / "small.seg.nrrd")
     result = run_cli("report", str(volumes / "ctchest4.nrrd"), str(labels_path), "-o", str(tmp_path / "out"))
     assert result.returncode == 0, result.stderr

@@ -119,7 +119,10 @@ def healthy_volume_scores(model, ct: Path, work: Path, reference: Path | None = 
     labels = segmented.labels
     lung_slices = (labels > 0).any(axis=(1, 2))
     infected_slices = (labels >= INFECTION).any(axis=(1, 2))
+    from ..plausibility import geometry_warnings
+
     result = {
+        "geometry_warnings": geometry_warnings(segmented.volume.geometry),
         "false_infection_ml": float((labels >= INFECTION).sum() * segmented.volume.geometry.voxel_volume_ml),
         "slices": int(len(labels)),
         "slices_with_lung": int(lung_slices.sum()),

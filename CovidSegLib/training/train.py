@@ -140,6 +140,11 @@ def pooled_dice(network, images, masks, labelled, batch_size: int = 64, device=N
 
 
 def make_card(config: TrainConfig, scores: dict | None = None, training_data: str = "") -> ModelCard:
+    """The card of a model trained with ``config``; it records the configuration (the run folder left out: it is
+    a place on one machine), so the model can be trained again."""
+    from dataclasses import asdict
+
+    recorded = {key: value for key, value in asdict(config).items() if key != "out_dir"}
     return ModelCard(
         name=config.name, architecture="Unet", encoder=config.encoder, encoder_depth=config.encoder_depth,
         decoder_channels=tuple(config.decoder_channels), in_channels=1, input_size=config.input_size,
@@ -149,6 +154,7 @@ def make_card(config: TrainConfig, scores: dict | None = None, training_data: st
         description="2D U-Net on axial slices; sigmoid outputs: lungs (both, merged) and infection "
                     "(ground-glass opacity + consolidation). Left/right lungs are assigned afterwards from "
                     "patient coordinates.",
+        training_config=json.loads(json.dumps(recorded)),
     )
 
 
