@@ -1,8 +1,8 @@
 """Slice-wise batched U-Net inference over a CT volume, on GPU or CPU.
 
 Work is kept small rather than made fast: slices without enclosed air are skipped, on thin-slice CT the network
-runs on slices about 2.5 mm apart and the slices between get interpolated logits, every slice is cropped to
-the body before resizing, the next batch is prepared on a worker thread while the network runs, and the
+runs on slices about 2.5 mm apart and the slices between get interpolated logits, the next batch is prepared on
+a worker thread while the network runs, and the
 outputs are held as two boolean volumes (no float copies of the CT). The network's image is made from HU by the
 model card's preprocessing, the code training uses too (:mod:`CovidSegLib.representation`); a clahe model sees
 whole slices, as its training corpus did, so the body crop applies to window-mode models only.
