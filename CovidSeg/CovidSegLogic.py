@@ -24,7 +24,8 @@ except ImportError:  # slicer-core (tests): the base class only adds parameter-n
     ScriptedLoadableModuleLogic = object
 
 #: Python packages the module needs beyond what Slicer bundles (torch comes from the PyTorch extension).
-PIP_REQUIREMENTS = ("segmentation-models-pytorch>=0.3.3", "safetensors", "slicerio>=1.4")
+#: OpenCV computes the model's representation (the corpus' CLAHE); its headless wheel brings no Qt of its own.
+PIP_REQUIREMENTS = ("segmentation-models-pytorch>=0.3.3", "safetensors", "slicerio>=1.4", "opencv-python-headless")
 
 ProgressCallback = Callable[[float], Optional[bool]]
 #: Node attribute holding the warnings about the input or the result, joined by WARNING_SEPARATOR.
@@ -80,7 +81,7 @@ class CovidSegLogic(ScriptedLoadableModuleLogic):
         import importlib.util
 
         names = {"torch": "torch", "segmentation_models_pytorch": "segmentation-models-pytorch",
-                 "safetensors": "safetensors", "slicerio": "slicerio"}
+                 "safetensors": "safetensors", "slicerio": "slicerio", "cv2": "opencv-python-headless"}
         return [pip for module, pip in names.items() if importlib.util.find_spec(module) is None]
 
     @staticmethod
