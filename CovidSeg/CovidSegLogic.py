@@ -117,7 +117,7 @@ class CovidSegLogic(ScriptedLoadableModuleLogic):
         raises Cancelled and leaves ``segmentation_node`` as it was. What is only unusual about the input (its
         geometry, no lung found) is kept in the node's ``CovidSeg.Warnings`` attribute, see :meth:`warnings`.
         """
-        from CovidSegLib.inference import MIN_LUNG_ML, no_lung_note
+        from CovidSegLib.inference import no_lung_note
         from CovidSegLib.plausibility import geometry_warnings
 
         volume = volume_from_node(volume_node)
@@ -126,9 +126,8 @@ class CovidSegLogic(ScriptedLoadableModuleLogic):
             segmentation_node = self.scene.AddNewNodeByClass("vtkMRMLSegmentationNode",
                                                             f"{volume_node.GetName()} CovidSeg")
         self.labels_to_segmentation(labels, volume_node, segmentation_node)
-        lung_ml = np.count_nonzero(labels) * volume.geometry.voxel_volume_ml
-        found_nothing = [] if lung_ml >= MIN_LUNG_ML else [f"{no_lung_note(lung_ml)}: check that the image is a "
-                                                           "chest CT"]
+        no_lung = no_lung_note(labels, volume.geometry)
+        found_nothing = [f"{no_lung}: check that the image is a chest CT"] if no_lung else []
         segmentation_node.SetAttribute(WARNINGS_ATTRIBUTE,
                                        WARNING_SEPARATOR.join(geometry_warnings(volume.geometry) + found_nothing))
         return segmentation_node

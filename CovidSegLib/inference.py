@@ -23,7 +23,7 @@ from .orientation import from_canonical, to_canonical
 from .postprocess import postprocess
 from .preprocessing import BodySample, Box, body_box, candidate_slices
 from .representation import network_input, represent
-from .volume import Volume
+from .volume import Geometry, Volume
 
 #: Called with the fraction done (0..1); returning True cancels the run.
 ProgressCallback = Callable[[float], Optional[bool]]
@@ -60,6 +60,7 @@ class SegmentationResult:
     seconds: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     volume: Optional[Volume] = None  # the CT in HU that was segmented (set by the file pipeline, for reports)
+    no_lung: Optional[str] = None  # what :func:`no_lung_note` said, when the lungs found are too few to be lungs
 
 
 def select_device(requested: str = "auto") -> "torch.device":  # noqa: F821
@@ -183,8 +184,12 @@ class _InlineExecutor:
         return future
 
 
-def no_lung_note(lung_ml: float) -> str:
-    """What to say when the lungs found are fewer than any chest CT has (see :data:`MIN_LUNG_ML`)."""
+def no_lung_note(labels: np.ndarray, geometry: Geometry) -> str | None:
+    """What to say when the lungs in ``labels`` are fewer than any chest CT has (see :data:`MIN_LUNG_ML`); None
+    when there are enough. The one rule the command line, the Slicer module and the viewer share."""
+    lung_ml = np.count_nonzero(labels) * geometry.voxel_volume_ml
+    if lung_ml >= MIN_LUNG_ML:
+        return None
     return f"no lung found ({lung_ml:.1f} mL of lung-like labels, under the {MIN_LUNG_ML:.0f} mL of any chest CT)"
 
 
@@ -307,8 +312,7 @@ def segment_volume(
     labels = from_canonical(postprocess(lungs, infection, canonical.geometry, body=body), plan)
     report(1.0)
     finished = time.perf_counter()
-    lung_ml = np.count_nonzero(labels) * volume.geometry.voxel_volume_ml
-    notes = [] if lung_ml >= MIN_LUNG_ML else [no_lung_note(lung_ml)]
+    no_lung = no_lung_note(labels, volume.geometry)
     return SegmentationResult(
         labels=labels,
         device=str(segmenter.device),
@@ -317,5 +321,6 @@ def segment_volume(
         slices_inferred=len(inferred),
         seconds={"analysis": analysed - started, "inference": network_done - analysed,
                  "postprocess": finished - network_done, "total": finished - started},
-        notes=notes,
+        notes=[no_lung] if no_lung else [],
+        no_lung=no_lung,
     )

@@ -70,10 +70,9 @@ def segment_file(ct: Path, output: Path, model: LoadedModel, options: SegmentOpt
     check_output_folder(output)
     volume = prepare_ct(read_volume(ct, options.series), options.intensity, options.window)
     result = segment_volume(volume, model, options.device, options.batch_size, progress)
-    no_lung = next((note for note in result.notes if note.startswith("no lung found")), None)
-    if no_lung and not options.allow_empty:
-        raise InputError(ct, f"{no_lung}: is this a chest CT? Nothing was written (--allow-empty writes what was "
-                             "found)")
+    if result.no_lung and not options.allow_empty:
+        raise InputError(ct, f"{result.no_lung}: is this a chest CT? Nothing was written (--allow-empty writes "
+                             "what was found)")
     write_label_map(result.labels, volume.geometry, output, protected=[ct])
     result.notes[:0] = list(volume.notes) + [f"warning: {w}" for w in geometry_warnings(volume.geometry)]
     result.volume = volume
