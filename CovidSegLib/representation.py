@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
+from .preprocessing import window_to_unit
+
 if TYPE_CHECKING:
     import torch
 
@@ -106,9 +108,7 @@ def clahe_slices(slices: np.ndarray, preprocessing: Preprocessing) -> np.ndarray
 
 def windowed_slices(slices: np.ndarray, window: tuple[float, float]) -> np.ndarray:
     """HU linearly onto 0..255 over ``window`` (clipped): uint8 at the slices' own size."""
-    low, high = window
-    scaled = (slices.astype(np.float32) - np.float32(low)) * np.float32(255.0 / (high - low))
-    return np.round(np.clip(scaled, 0, 255)).astype(np.uint8)
+    return np.round(window_to_unit(slices, window) * np.float32(255)).astype(np.uint8)
 
 
 def represent(slices: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
