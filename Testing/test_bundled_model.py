@@ -93,6 +93,6 @@ def test_the_experts_infection_is_found_on_hu_slices_through_segment(slices: Pat
     through covidseg segment (the model report's measurement; the first model, fed windowed HU, drew 0.50)."""
     from CovidSegLib.training.report import hu_slice_scores
 
-    scores = hu_slice_scores(BUNDLED_CARD, slices / "hu_infection", tmp_path)
+    scores = hu_slice_scores(load_model(), slices / "hu_infection", tmp_path)
     assert scores["infection"]["pooled_dice"] > HU_SLICES_INFECTION
     assert scores["lungs"]["pooled_dice"] > LUNGS_CTCHEST

@@ -27,11 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..evaluation import evaluate_case, parse_mapping
+from ..evaluation import LabelMapping, evaluate_case, parse_mapping
 from ..inference import SliceSegmenter, select_device
 from ..labels import INFECTION
-from ..model import ModelCard, load_model
+from ..model import LoadedModel, ModelCard, load_model
 from ..pipeline import SegmentOptions, segment_file
+from ..plausibility import geometry_warnings
 from ..slice_evaluation import dice_figures
 from ..slices import predict_slices
 from .data import SliceSet, load_medseg, load_slice_corpus, read_split, split_indices
@@ -76,7 +77,7 @@ def medseg_scores(segmenter: SliceSegmenter, root: Path) -> dict:
     return {"infection": dice_figures(infection, medseg.infection)}
 
 
-def hu_slice_scores(card_path: Path, folder: Path, work: Path) -> dict:
+def hu_slice_scores(model: LoadedModel, folder: Path, work: Path) -> dict:
     """Infection (and lung) Dice of the HU slices through ``covidseg segment``: each slice (display orientation)
     stacked into a volume in LPS, written as NRRD, segmented and written by the product path, read back."""
     import SimpleITK as sitk
@@ -85,7 +86,6 @@ def hu_slice_scores(card_path: Path, folder: Path, work: Path) -> dict:
     from ..labels import INFECTION_VALUES, LEFT_LUNG, RIGHT_LUNG
     from ..reading import read_segmentation
 
-    model = load_model(card_path)
     infection_pred, infection_ref, lungs_pred, lungs_ref, per_slice = [], [], [], [], {}
     for path in sorted(folder.glob("*.npz")):
         with np.load(path) as data:
@@ -112,15 +112,14 @@ def hu_slice_scores(card_path: Path, folder: Path, work: Path) -> dict:
                    "slices) and run through covidseg segment; scored on its middle slice"}
 
 
-def healthy_volume_scores(model, ct: Path, work: Path, reference: Path | None = None, mapping=None) -> dict:
+def healthy_volume_scores(model: LoadedModel, ct: Path, work: Path, reference: Path | None = None,
+                          mapping: LabelMapping | None = None) -> dict:
     """Segment a CT without COVID-19 the product's way: the infection found is false; lung Dice if a reference."""
     output = work / f"{ct.name.split('.')[0]}.seg.nrrd"
     segmented = segment_file(ct, output, model, SegmentOptions(device="cpu"))
     labels = segmented.labels
     lung_slices = (labels > 0).any(axis=(1, 2))
     infected_slices = (labels >= INFECTION).any(axis=(1, 2))
-    from ..plausibility import geometry_warnings
-
     result = {
         "geometry_warnings": geometry_warnings(segmented.volume.geometry),
         "false_infection_ml": float((labels >= INFECTION).sum() * segmented.volume.geometry.voxel_volume_ml),
@@ -143,11 +142,10 @@ def _named(entry: str) -> tuple[str, str]:
     return Path(entry).name.split(".")[0], entry
 
 
-def healthy_scores(card_path: Path, volumes: Path | None, held_out: list[str], trained: list[str], work: Path
+def healthy_scores(model: LoadedModel, volumes: Path | None, held_out: list[str], trained: list[str], work: Path
                    ) -> dict:
     """False infection on every CT without COVID-19, each marked held out or trained on. ``trained`` entries
     that name a case of ``volumes`` (``totalseg_example``) without a path mark that case as trained on."""
-    model = load_model(card_path)
     trained_named = [_named(entry) for entry in trained]
     trained_names = {name for name, _ in trained_named}
     cases: list[tuple[str, Path, Path | None, object]] = []
@@ -217,10 +215,10 @@ def main() -> None:
                                                               Path(args.medseg) if args.medseg else None)
     with tempfile.TemporaryDirectory() as work:
         if args.hu_slices:
-            scores["hu_slices_through_segment"] = hu_slice_scores(card_path, Path(args.hu_slices), Path(work))
+            scores["hu_slices_through_segment"] = hu_slice_scores(model, Path(args.hu_slices), Path(work))
         if args.volumes or args.healthy or args.healthy_trained:
             scores.pop("real_volumes", None)  # the first model's name for these figures
-            scores["ct_without_covid"] = healthy_scores(card_path, Path(args.volumes) if args.volumes else None,
+            scores["ct_without_covid"] = healthy_scores(model, Path(args.volumes) if args.volumes else None,
                                                         args.healthy, args.healthy_trained, Path(work))
     print(json.dumps(scores, indent=2))
     if args.write:
