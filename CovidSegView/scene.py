@@ -192,16 +192,18 @@ class CaseScene:
         return self.logic.label_map(self.require_segmentation(), self.volume_node)
 
     def save(self, out_dir: str | Path) -> dict[str, Path]:
-        """``CASE.seg.nrrd`` and ``CASE_report/`` (as ``covidseg segment --report`` names them) into ``out_dir``;
-        CovidSegLib's writers refuse to write over the CT."""
+        """``CASE.seg.nrrd`` and ``CASE_report/`` (as ``covidseg segment --report`` names and writes them, with
+        the model's false-infection note) into ``out_dir``; CovidSegLib's writers refuse to write over the CT."""
         from CovidSegLib.evaluation import case_id
-        from CovidSegLib.report import write_report
+        from CovidSegLib.report import false_infection_floor, write_report
         from CovidSegLib.writing import write_label_map
 
         ct, labels = self.require_ct(), self.labels()
         out_dir, case = Path(out_dir).expanduser(), case_id(self.ct_path)
+        card = self.logic.model(self.model_path).card
         segmentation = write_label_map(labels, ct.geometry, out_dir / f"{case}.seg.nrrd", protected=[self.ct_path])
         written, _ = write_report(ct, labels, out_dir / f"{case}_report", case,
-                                  {"ct": str(self.ct_path), "labels": str(segmentation)}, protected=[self.ct_path])
+                                  {"ct": str(self.ct_path), "labels": str(segmentation)}, protected=[self.ct_path],
+                                  floor=false_infection_floor(card.name, card.scores))
         return {"segmentation": segmentation, "report": written["html"]}
 
