@@ -20,6 +20,7 @@ import numpy as np
 from .errors import Cancelled, CovidSegError
 from .model import LoadedModel
 from .orientation import from_canonical, to_canonical
+from .plausibility import no_lung_finding
 from .postprocess import postprocess
 from .preprocessing import BodySample, Box, body_box, candidate_slices
 from .representation import network_input, represent
@@ -34,9 +35,6 @@ DEFAULT_BATCH = {"cuda": 32, "mps": 8, "cpu": 8}
 #: slice thickness many 2D COVID-19 pipelines work at.
 INFERRED_SLICE_GAP_MM = 2.5
 AIR_HU = -1024
-#: Less lung than this is no chest CT's lungs but stray air called lung (an airway, bowel gas): "no lung found".
-#: Two 1 mm slices through the lungs already hold about 40 mL.
-MIN_LUNG_ML = 10.0
 
 
 @dataclass(frozen=True)
@@ -185,12 +183,8 @@ class _InlineExecutor:
 
 
 def no_lung_note(labels: np.ndarray, geometry: Geometry) -> str | None:
-    """What to say when the lungs in ``labels`` are fewer than any chest CT has (see :data:`MIN_LUNG_ML`); None
-    when there are enough. The one rule the command line, the Slicer module and the viewer share."""
-    lung_ml = np.count_nonzero(labels) * geometry.voxel_volume_ml
-    if lung_ml >= MIN_LUNG_ML:
-        return None
-    return f"no lung found ({lung_ml:.1f} mL of lung-like labels, under the {MIN_LUNG_ML:.0f} mL of any chest CT)"
+    """:func:`CovidSegLib.plausibility.no_lung_finding` for a label map: every label counts as lung-like."""
+    return no_lung_finding(np.count_nonzero(labels) * geometry.voxel_volume_ml)
 
 
 def whole_slice_box(shape: tuple[int, int]) -> Box:

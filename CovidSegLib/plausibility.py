@@ -73,3 +73,16 @@ def check_geometry(volume: Volume) -> None:
 def geometry_warnings(geometry: Geometry) -> list[str]:
     """What is possible but unusual about ``geometry`` for a chest CT, each with what it means for the results."""
     return geometry_findings(geometry)[1]
+
+
+#: Less lung than this is no chest CT's lungs but stray air called lung (an airway, bowel gas): "no lung found".
+#: Two 1 mm slices through the lungs already hold about 40 mL.
+MIN_LUNG_ML = 10.0
+
+
+def no_lung_finding(lung_ml: float) -> str | None:
+    """What to say when ``lung_ml`` of lung-like labels is fewer than any chest CT has; None when there are enough.
+    The one rule the engine, the quantification, the Slicer module and the viewer share."""
+    if lung_ml >= MIN_LUNG_ML:
+        return None
+    return f"no lung found ({lung_ml:.1f} mL of lung-like labels, under the {MIN_LUNG_ML:.0f} mL of any chest CT)"

@@ -18,7 +18,7 @@ import numpy as np
 
 from .labels import CONSOLIDATION, GGO, INFECTION_VALUES, LEFT_LUNG, RIGHT_LUNG
 from .lateral import split_left_right
-from .plausibility import geometry_warnings
+from .plausibility import geometry_warnings, no_lung_finding
 from .volume import Geometry
 
 SEVERITY_NOTE = "automatic estimate from an automatic segmentation; not a diagnosis, review the images"
@@ -107,8 +107,9 @@ def quantify(labels: np.ndarray, geometry: Geometry, hu: np.ndarray | None = Non
     has_fine_classes = bool(np.isin(labels, (GGO, CONSOLIDATION)).any())
     warnings = geometry_warnings(geometry)
     low, high = PLAUSIBLE_TOTAL_LUNG_ML
-    if total.volume_ml == 0:
-        warnings.append("no lung found: check that the image is a chest CT")
+    no_lung = no_lung_finding(total.volume_ml)
+    if no_lung:
+        warnings.append(f"{no_lung}: check that the image is a chest CT")
     elif not low <= total.volume_ml <= high:
         warnings.append(f"total lung volume {total.volume_ml:.0f} mL is outside the usual adult range "
                         f"{low / 1000:g}-{high / 1000:g} L: check the segmentation and the scan's extent")

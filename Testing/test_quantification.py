@@ -69,7 +69,13 @@ def test_implausible_volumes_and_cut_off_lungs_are_warned(ctchest) -> None:
     cut[0:20] = labels[0:20]
     cut[0, 60:70, 30:40] = 1  # lung on the first slice
     assert any("first or last slice" in w for w in quantify(cut, geometry).warnings)
-    assert quantify(np.zeros_like(labels), geometry).warnings == ["no lung found: check that the image is a chest CT"]
+    assert quantify(np.zeros_like(labels), geometry).warnings == [
+        "no lung found (0.0 mL of lung-like labels, under the 10 mL of any chest CT): check that the image is a "
+        "chest CT"]
+    speck = np.zeros_like(labels)
+    speck[15, 60:63, 60:63] = 1  # an airway's few voxels called lung: the same rule as covidseg segment's
+    warnings = quantify(speck, geometry).warnings
+    assert len(warnings) == 1 and warnings[0].startswith("no lung found (") and "outside" not in warnings[0]
 
 
 def test_infection_filling_whole_slices_of_one_lung_stays_with_that_lung(ctchest) -> None:
