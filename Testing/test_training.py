@@ -80,6 +80,19 @@ def test_interrupted_training_resumes_to_the_same_result(slices: Path, tmp_path:
     assert np.allclose([h["loss"] for h in resumed], [h["loss"] for h in uninterrupted], rtol=1e-4)
 
 
+def test_without_selection_the_last_epoch_is_exported_from_the_checkpoint(slices: Path, tmp_path: Path) -> None:
+    """``select_best: false`` (the bundled model's recipe): no best.pt beside the checkpoint, and the exported
+    model holds the checkpoint's last-epoch weights."""
+    card_path = train(_config(slices, tmp_path / "run", epochs=2, max_steps_per_epoch=2, select_best=False),
+                      log=lambda *_: None)
+    assert not (tmp_path / "run" / "best.pt").exists()
+    model = load_model(card_path)
+    assert model.card.scores["best_epoch"] == model.card.scores["epochs_trained"] == 2
+    last = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["model"]
+    exported = model.network.state_dict()
+    assert all(torch.allclose(exported[k].float(), v.float(), atol=1e-2, rtol=1e-2) for k, v in last.items())
+
+
 def test_fine_tuning_starts_from_a_model_with_frozen_encoder(slices: Path, tmp_path: Path) -> None:
     base = train(_config(slices, tmp_path / "base", epochs=1, max_steps_per_epoch=2), log=lambda *_: None)
     base_encoder = {k: v.clone() for k, v in load_model(base).network.encoder.state_dict().items()}

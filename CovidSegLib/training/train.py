@@ -264,7 +264,8 @@ def train(config: TrainConfig, log=print) -> Path:
 
     card_path = out_dir / f"{config.name}.json"
     if lead:
-        network.load_state_dict(torch.load(out_dir / "best.pt", weights_only=True, map_location=device))
+        if config.select_best:  # else the network holds the last epoch already (trained or resumed)
+            network.load_state_dict(torch.load(out_dir / "best.pt", weights_only=True, map_location=device))
         selection = "best validation Dice" if config.select_best else "last epoch (no selection)"
         card = make_card(config, {"validation_pooled_dice": state["history"][state["best_epoch"] - 1]["validation"],
                                   "best_epoch": state["best_epoch"], "epochs_trained": state["epoch"],
@@ -291,8 +292,9 @@ def select_training_device(requested: str) -> "torch.device":  # noqa: F821
 
 def record_epoch(state: dict, scores: dict, loss: float, seconds: float, network, out_dir: Path,
                  select_best: bool = True) -> dict:
-    """Add an epoch to the history; keep the weights when the mean validation Dice is the best so far (or every
-    epoch's, when ``select_best`` is off and the last epoch is exported)."""
+    """Add an epoch to the history; keep the weights in ``best.pt`` when the mean validation Dice is the best so
+    far. With ``select_best`` off the last epoch is exported: it is always the "best", and its weights are the
+    checkpoint's, so no second copy is written."""
     import torch
 
     state["epoch"] += 1
@@ -300,7 +302,8 @@ def record_epoch(state: dict, scores: dict, loss: float, seconds: float, network
     state["history"].append({"epoch": state["epoch"], "loss": loss, "validation": scores, "seconds": seconds})
     if score > state["best_score"] or not select_best:
         state["best_score"], state["best_epoch"] = score, state["epoch"]
-        torch.save(network.state_dict(), out_dir / "best.pt")
+        if select_best:
+            torch.save(network.state_dict(), out_dir / "best.pt")
     return state
 
 
