@@ -164,17 +164,21 @@ def healthy_scores(model: LoadedModel, volumes: Path | None, held_out: list[str]
 
 
 def leave_one_source_out(cards: list[str], held_out: SliceSet, medseg: Path | None) -> dict:
-    """Models trained like this one but without one source, each tested on the source it never saw."""
+    """Models trained like this one but without one source, each tested on the source it never saw; the corpus'
+    held-out patients are scored for every sibling (marked whether the corpus trained it), so a sibling that
+    kept the corpus shows what the left-out source added."""
     results = {}
     for card_path in cards:
         model = load_model(card_path)
         segmenter = SliceSegmenter(model, select_device("auto"), batch_size=32)
-        entry: dict = {"training_data": model.card.training_data}
+        corpus_trained = "dstaroff" in model.card.training_data
+        entry: dict = {"training_data": model.card.training_data, "corpus_in_training_data": corpus_trained,
+                       "epochs_trained": model.card.scores.get("epochs_trained")}
         if "MedSeg" not in model.card.training_data and medseg is not None:
             entry["tested_on_medseg"] = medseg_scores(segmenter, medseg)
-        if "dstaroff" not in model.card.training_data:
-            scores = corpus_scores(segmenter, held_out)
-            entry["tested_on_corpus_held_out_patients"] = {"infection": scores["infection"]}
+        scores = corpus_scores(segmenter, held_out)
+        entry["tested_on_corpus_held_out_patients"] = {"lungs": scores["lungs"], "infection": scores["infection"],
+                                                       "per_group": scores["per_group"]}
         results[model.card.name] = entry
     return results
 
@@ -225,7 +229,9 @@ def main() -> None:
         document = json.loads(card_path.read_text(encoding="utf-8"))
         document["scores"] = scores
         ModelCard.from_json(json.dumps(document), str(card_path))  # still a valid card
-        card_path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+        written = card_path.with_name(card_path.name + ".tmp")  # a failed write leaves the card as it was
+        written.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+        written.replace(card_path)
 
 
 if __name__ == "__main__":
