@@ -183,6 +183,15 @@ def leave_one_source_out(cards: list[str], held_out: SliceSet, medseg: Path | No
     return results
 
 
+def without_nan(value):
+    """``value`` with NaN (e.g. the precision of a model that found nothing) as null: cards stay strict JSON."""
+    if isinstance(value, dict):
+        return {key: without_nan(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [without_nan(item) for item in value]
+    return None if isinstance(value, float) and value != value else value
+
+
 def main() -> None:
     import tempfile
 
@@ -227,10 +236,10 @@ def main() -> None:
     print(json.dumps(scores, indent=2))
     if args.write:
         document = json.loads(card_path.read_text(encoding="utf-8"))
-        document["scores"] = scores
+        document["scores"] = without_nan(scores)
         ModelCard.from_json(json.dumps(document), str(card_path))  # still a valid card
         written = card_path.with_name(card_path.name + ".tmp")  # a failed write leaves the card as it was
-        written.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+        written.write_text(json.dumps(document, indent=2, allow_nan=False) + "\n", encoding="utf-8")
         written.replace(card_path)
 
 
