@@ -134,7 +134,7 @@ def healthy_volume_scores(model: LoadedModel, ct: Path, work: Path, reference: P
     return result
 
 
-def _named(entry: str) -> tuple[str, str]:
+def named_entry(entry: str) -> tuple[str, str]:
     """``NAME=PATH`` or ``PATH`` (named after its file) or a bare name."""
     if "=" in entry:
         name, path = entry.split("=", 1)
@@ -146,7 +146,7 @@ def healthy_scores(model: LoadedModel, volumes: Path | None, held_out: list[str]
                    ) -> dict:
     """False infection on every CT without COVID-19, each marked held out or trained on. ``trained`` entries
     that name a case of ``volumes`` (``totalseg_example``) without a path mark that case as trained on."""
-    trained_named = [_named(entry) for entry in trained]
+    trained_named = [named_entry(entry) for entry in trained]
     trained_names = {name for name, _ in trained_named}
     cases: list[tuple[str, Path, Path | None, object]] = []
     if volumes is not None:
@@ -154,7 +154,7 @@ def healthy_scores(model: LoadedModel, volumes: Path | None, held_out: list[str]
         cases.append(("totalseg_example", volumes / "totalseg_example_ct_sm.nii.gz",
                       volumes / "totalseg_example_ct_sm_seg.nii.gz", parse_mapping("totalseg-lobes")))
     known = {name for name, *_ in cases}
-    cases += [(name, Path(path), None, None) for name, path in map(_named, held_out)]
+    cases += [(name, Path(path), None, None) for name, path in map(named_entry, held_out)]
     cases += [(name, Path(path), None, None) for name, path in trained_named if name not in known]
     results = {}
     for name, ct, reference, mapping in cases:

@@ -30,7 +30,7 @@ def main() -> None:
     from CovidSegLib.model import load_model
     from CovidSegLib.slice_evaluation import dice_figures
     from CovidSegLib.training.data import load_slice_corpus, read_split, split_indices
-    from CovidSegLib.training.report import healthy_volume_scores, predict_represented
+    from CovidSegLib.training.report import healthy_volume_scores, named_entry, predict_represented
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", required=True, type=Path, help="the slice corpus' data/img folder")
@@ -44,9 +44,7 @@ def main() -> None:
     corpus = load_slice_corpus(args.corpus)
     parts = {part: corpus.subset(split_indices(read_split(), part)) for part in ("validation", "test")}
     healthy = {"ctchest4": DATA / "volumes" / "ctchest4.nrrd"}
-    for entry in args.healthy:
-        name, _, path = entry.rpartition("=")
-        healthy[name or Path(path).name.split(".")[0]] = Path(path).expanduser()
+    healthy.update((name, Path(path).expanduser()) for name, path in map(named_entry, args.healthy))
 
     print(f"model {model.card.name} (card threshold {model.card.threshold})")
     header = ["threshold"] + [f"{part} {what}" for part in parts for what in ("lungs", "infection")]
