@@ -70,7 +70,7 @@ def test_implausible_volumes_and_cut_off_lungs_are_warned(ctchest) -> None:
     cut[0, 60:70, 30:40] = 1  # lung on the first slice
     assert any("first or last slice" in w for w in quantify(cut, geometry).warnings)
     assert quantify(np.zeros_like(labels), geometry).warnings == [
-        "no lung found (0.0 mL of lung-like labels, under the 10 mL of any chest CT): check that the image is a "
+        "no lung found (0.0 mL of lung-like labels, under the 20 mL of any chest CT): check that the image is a "
         "chest CT"]
     speck = np.zeros_like(labels)
     speck[15, 60:63, 60:63] = 1  # an airway's few voxels called lung: the same rule as covidseg segment's
