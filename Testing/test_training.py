@@ -128,14 +128,19 @@ def test_continuity_groups_cut_at_patient_changes(slices: Path) -> None:
 
 
 def test_recorded_training_configurations_are_valid() -> None:
-    """Resources/training/ holds the bundled model's configuration and its leave-one-source-out siblings'."""
+    """Resources/training/ holds the bundled model's two stages and its leave-one-source-out siblings'. The second
+    stage starts from the first one's export and trains on the same data."""
     folder = Path(__file__).resolve().parents[1] / "Resources" / "training"
     configs = {p.stem: TrainConfig.from_file(p) for p in folder.glob("*.json")}
-    assert set(configs) == {"bundled", "corpus-only", "medseg-only"}
+    assert set(configs) == {"bundled", "bundled-continued", "corpus-only", "medseg-only"}
+    first, second = configs["bundled"], configs["bundled-continued"]
+    assert second.init_model == str(Path(first.out_dir) / f"{first.name}.json") and second.out_dir != first.out_dir
+    assert (second.corpus, second.medseg, second.healthy_volumes) == (first.corpus, first.medseg, first.healthy_volumes)
     assert configs["bundled"].corpus and configs["bundled"].medseg
     assert configs["corpus-only"].corpus and not configs["corpus-only"].medseg
     assert configs["medseg-only"].medseg and not configs["medseg-only"].corpus
     assert configs["bundled"].healthy_volumes and configs["bundled"].preprocessing().mode == "clahe"
     bundled_card = json.loads((folder.parent / "model" / "covidseg-unet.json").read_text(encoding="utf-8"))
     assert bundled_card["training_config"]["input_size"] == configs["bundled"].input_size
+    assert bundled_card["training_config"]["learning_rate"] == second.learning_rate  # the card is the second stage's
     assert bundled_card["preprocessing"] == json.loads(json.dumps(asdict(configs["bundled"].preprocessing())))
