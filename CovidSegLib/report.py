@@ -73,7 +73,7 @@ class FalseInfectionFloor:
     An involvement below it cannot be told from the model's own false infection, so the report says so."""
 
     ml: float
-    measured_on: tuple[str, ...]  # e.g. ("ctchest4: 27 mL", ...)
+    measured_on: tuple[str, ...]  # e.g. ("ctchest4: 16 mL", ...)
     model: str
 
     def note(self, infection_ml: float) -> str:
