@@ -128,14 +128,18 @@ def test_continuity_groups_cut_at_patient_changes(slices: Path) -> None:
 
 
 def test_recorded_training_configurations_are_valid() -> None:
-    """Resources/training/ holds the bundled model's two stages and its leave-one-source-out siblings'. The second
-    stage starts from the first one's export and trains on the same data."""
+    """Resources/training/ holds the bundled model's two stages and its leave-one-source-out siblings'. A second
+    stage starts from its first stage's export and trains on the same data at a lower learning rate."""
     folder = Path(__file__).resolve().parents[1] / "Resources" / "training"
     configs = {p.stem: TrainConfig.from_file(p) for p in folder.glob("*.json")}
-    assert set(configs) == {"bundled", "bundled-continued", "corpus-only", "medseg-only"}
-    first, second = configs["bundled"], configs["bundled-continued"]
-    assert second.init_model == str(Path(first.out_dir) / f"{first.name}.json") and second.out_dir != first.out_dir
-    assert (second.corpus, second.medseg, second.healthy_volumes) == (first.corpus, first.medseg, first.healthy_volumes)
+    assert set(configs) == {"bundled", "bundled-continued", "corpus-only", "corpus-only-continued", "medseg-only"}
+    for stage_1, stage_2 in ((configs["bundled"], configs["bundled-continued"]),
+                             (configs["corpus-only"], configs["corpus-only-continued"])):
+        assert stage_2.init_model == str(Path(stage_1.out_dir) / f"{stage_1.name}.json")
+        assert stage_2.out_dir != stage_1.out_dir and stage_2.learning_rate < stage_1.learning_rate
+        assert (stage_2.corpus, stage_2.medseg, stage_2.healthy_volumes) == \
+            (stage_1.corpus, stage_1.medseg, stage_1.healthy_volumes)
+    second = configs["bundled-continued"]
     assert configs["bundled"].corpus and configs["bundled"].medseg
     assert configs["corpus-only"].corpus and not configs["corpus-only"].medseg
     assert configs["medseg-only"].medseg and not configs["medseg-only"].corpus
