@@ -35,6 +35,7 @@ from ..pipeline import SegmentOptions, segment_file
 from ..plausibility import geometry_warnings
 from ..slice_evaluation import dice_figures
 from ..slices import predict_slices
+from ..writing import write_text
 from .data import SliceSet, load_medseg, load_slice_corpus, read_split, split_indices
 
 #: How the HU slices are stacked into a volume for ``covidseg segment`` (their true spacing is not stored).
@@ -238,9 +239,7 @@ def main() -> None:
         document = json.loads(card_path.read_text(encoding="utf-8"))
         document["scores"] = without_nan(scores)
         ModelCard.from_json(json.dumps(document), str(card_path))  # still a valid card
-        written = card_path.with_name(card_path.name + ".tmp")  # a failed write leaves the card as it was
-        written.write_text(json.dumps(document, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-        written.replace(card_path)
+        write_text(card_path, json.dumps(document, indent=2, allow_nan=False) + "\n")  # atomic: all or nothing
 
 
 if __name__ == "__main__":
