@@ -52,6 +52,7 @@ class CovidSegParameterNode:
     inputVolume: vtkMRMLScalarVolumeNode
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
     modelPath: str = ""
+    separateInfection: bool = True
     outputSegmentation: vtkMRMLSegmentationNode
     referenceSegmentation: vtkMRMLSegmentationNode
     comparisonTable: vtkMRMLTableNode
@@ -178,7 +179,8 @@ class CovidSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 try:
                     segmentation = self.logic.segment(node.inputVolume, node.outputSegmentation,
                                                       device=node.device, model_path=node.modelPath or None,
-                                                      progress=progress)
+                                                      progress=progress,
+                                                      separate_infection=node.separateInfection)
                 except Cancelled:  # the user asked for it: not an error, and the old result stays as it was
                     self.ui.statusLabel.text = "Cancelled."
                     return
@@ -216,7 +218,9 @@ class CovidSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             text = (f"Severity {result.severity} ({involvement:.1f}% of both lungs involved"
                     f"{', bilateral' if result.bilateral else ''}): {result.severity_note}."
                     if not math.isnan(involvement) else "No lung found.")
-            self.ui.severityLabel.text = " ".join([text] + result.warnings)
+            classes = ([f"Ground-glass opacity {result.ggo_ml:.1f} mL, consolidation {result.consolidation_ml:.1f} mL."]
+                       if result.ggo_ml is not None else [])
+            self.ui.severityLabel.text = " ".join([text] + classes + result.warnings)
 
 
 class CovidSegTest(ScriptedLoadableModuleTest):
@@ -233,8 +237,6 @@ class CovidSegTest(ScriptedLoadableModuleTest):
         import SampleData
         import numpy as np
 
-        from CovidSegLib.labels import OUTPUT_LABELS
-
         self.delayDisplay("Loading CTChest")
         volume = SampleData.downloadSample("CTChest")
         logic = CovidSegLogic()
@@ -244,13 +246,13 @@ class CovidSegTest(ScriptedLoadableModuleTest):
         self.assertEqual(fractions[-1], 1.0)
         names = [segmentation.GetSegmentation().GetNthSegment(i).GetName()
                  for i in range(segmentation.GetSegmentation().GetNumberOfSegments())]
-        self.assertEqual(names, [info.name for info in OUTPUT_LABELS])
+        self.assertEqual(names, [info.name for info in logic.segment_labels()])
         lungs = sum(logic.segment_mask(segmentation, key, volume).sum() for key in ("left_lung", "right_lung"))
         lung_ml = lungs * np.prod(volume.GetSpacing()) / 1000
         self.assertGreater(lung_ml, 2000)
         self.assertLess(lung_ml, 9000)
         table, result = logic.quantify(segmentation, volume)
-        self.assertEqual(table.GetNumberOfRows(), 3)
+        self.assertEqual(table.GetNumberOfRows(), 5 if result.ggo_ml is not None else 3)
         self.assertIn(result.severity, ("CT-0", "CT-1", "CT-2", "CT-3", "CT-4"))
         comparison = logic.compare(segmentation, segmentation, volume)
         self.assertAlmostEqual(comparison.GetTable().GetValue(2, 1).ToDouble(), 1.0)  # lungs vs itself

@@ -15,7 +15,7 @@ from vtk.util import numpy_support
 
 import slicer
 
-from CovidSegLib.labels import OUTPUT_LABELS, slicer_terminology_string
+from CovidSegLib.labels import LABELS, LabelInfo, labels_of, output_labels, slicer_terminology_string
 from CovidSegLib.volume import Geometry, Volume
 
 try:  # in the Slicer application
@@ -110,8 +110,10 @@ class CovidSegLogic(ScriptedLoadableModuleLogic):
         return self._model
 
     def segment(self, volume_node, segmentation_node=None, device: str = "auto", model_path: str | None = None,
-                intensity: str = "hu", progress: ProgressCallback | None = None):
-        """Segment ``volume_node``; returns the (new or given) segmentation node with the three named segments.
+                intensity: str = "hu", progress: ProgressCallback | None = None, separate_infection: bool = True):
+        """Segment ``volume_node``; returns the (new or given) segmentation node with the named segments: left and
+        right lung, then ground-glass opacity and consolidation (when the model tells them apart and
+        ``separate_infection``) or infection.
 
         Bad input raises CovidSegLib's InputError (the message says what is wrong); cancelling via ``progress``
         raises Cancelled and leaves ``segmentation_node`` as it was. What is only unusual about the input (its
@@ -121,11 +123,12 @@ class CovidSegLogic(ScriptedLoadableModuleLogic):
         from CovidSegLib.plausibility import geometry_warnings
 
         volume = volume_from_node(volume_node)
-        labels = self.compute_labels(volume, device, model_path, intensity, progress)
+        labels = self.compute_labels(volume, device, model_path, intensity, progress, separate_infection)
         if segmentation_node is None:
             segmentation_node = self.scene.AddNewNodeByClass("vtkMRMLSegmentationNode",
                                                             f"{volume_node.GetName()} CovidSeg")
-        self.labels_to_segmentation(labels, volume_node, segmentation_node)
+        self.labels_to_segmentation(labels, volume_node, segmentation_node,
+                                    self.segment_labels(model_path, separate_infection))
         no_lung = no_lung_note(labels, volume.geometry)
         found_nothing = [f"{no_lung}: check that the image is a chest CT"] if no_lung else []
         segmentation_node.SetAttribute(WARNINGS_ATTRIBUTE,
@@ -133,14 +136,21 @@ class CovidSegLogic(ScriptedLoadableModuleLogic):
         return segmentation_node
 
     def compute_labels(self, volume: Volume, device: str = "auto", model_path: str | None = None,
-                       intensity: str = "hu", progress: ProgressCallback | None = None) -> np.ndarray:
-        """The label map of ``volume`` (1 left, 2 right, 3 infection): the slow part of :meth:`segment`, which
+                       intensity: str = "hu", progress: ProgressCallback | None = None,
+                       separate_infection: bool = True) -> np.ndarray:
+        """The label map of ``volume`` (values of :meth:`segment_labels`): the slow part of :meth:`segment`, which
         touches no MRML node, so a user interface can run it off its main thread and import the result there."""
         from CovidSegLib.inference import segment_volume
         from CovidSegLib.intensity import prepare_ct
 
         volume = prepare_ct(volume, intensity)
-        return segment_volume(volume, self.model(model_path), device=device, progress=progress).labels
+        return segment_volume(volume, self.model(model_path), device=device, progress=progress,
+                              separate_infection=separate_infection).labels
+
+    def segment_labels(self, model_path: str | None = None, separate_infection: bool = True
+                       ) -> tuple[LabelInfo, ...]:
+        """The segments a segmentation with this model holds (GGO and consolidation only if its card has a rule)."""
+        return output_labels(separate_infection and self.model(model_path).card.split_rule() is not None)
 
     @staticmethod
     def warnings(node) -> list[str]:
@@ -148,18 +158,27 @@ class CovidSegLogic(ScriptedLoadableModuleLogic):
         text = node.GetAttribute(WARNINGS_ATTRIBUTE) if node is not None else None
         return text.split(WARNING_SEPARATOR) if text else []
 
-    def labels_to_segmentation(self, labels: np.ndarray, volume_node, segmentation_node) -> None:
-        """Replace the CovidSeg segments of ``segmentation_node`` with ``labels`` on ``volume_node``'s grid."""
+    def labels_to_segmentation(self, labels: np.ndarray, volume_node, segmentation_node,
+                               label_infos: Sequence[LabelInfo] | None = None) -> None:
+        """Replace the CovidSeg segments of ``segmentation_node`` (of either label scheme: a run with GGO and
+        consolidation replaces one with infection) with ``labels`` on ``volume_node``'s grid, one segment per
+        entry of ``label_infos`` (default: the segments the labels need, CovidSegLib.labels.labels_of)."""
         segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
         segmentation = segmentation_node.GetSegmentation()
-        segment_ids = vtk.vtkStringArray()
-        for info in OUTPUT_LABELS:
+        for info in LABELS:
             if segmentation.GetSegment(info.key) is not None:
                 segmentation.RemoveSegment(info.key)
+        label_infos = labels_of(labels) if label_infos is None else label_infos
+        segment_ids = vtk.vtkStringArray()
+        for info in label_infos:
             segmentation.AddEmptySegment(info.key, info.name, list(info.color))
             segmentation.GetSegment(info.key).SetTerminology(slicer_terminology_string(info))
             segment_ids.InsertNextValue(info.key)
-        labelmap = self._labelmap_node(labels.astype(np.uint8), volume_node)
+        # the import gives label value N to the N-th segment ID: number the labels in the segments' order
+        numbered = np.zeros(labels.shape, np.uint8)
+        for number, info in enumerate(label_infos, start=1):
+            numbered[labels == info.value] = number
+        labelmap = self._labelmap_node(numbered, volume_node)
         try:
             logic = slicer.vtkSlicerSegmentationsModuleLogic
             if not logic.ImportLabelmapToSegmentationNode(labelmap, segmentation_node, segment_ids):
@@ -218,7 +237,7 @@ class CovidSegLogic(ScriptedLoadableModuleLogic):
         form CovidSegLib's quantification, writers and report take."""
         masks = self.masks_by_label(segmentation_node, self.default_mapping(segmentation_node), volume_node)
         labels = np.zeros(slicer.util.arrayFromVolume(volume_node).shape, np.uint8)
-        for value in sorted(masks):  # infection (3) last: it overrides the lung it lies in
+        for value in sorted(masks):  # infection (3, 4, 5) last: it overrides the lung it lies in
             labels[masks[value]] = value
         return labels
 
@@ -269,6 +288,10 @@ class CovidSegLogic(ScriptedLoadableModuleLogic):
         rows = [[name, f.volume_ml, f.infection_ml, f.involvement_percent, f.healthy_mean_hu, f.infection_mean_hu]
                 for name, f in (("Left lung", result.left), ("Right lung", result.right),
                                 ("Both lungs", result.total))]
+        if result.ggo_ml is not None:  # the infection's two classes: their volumes, the rest does not apply
+            nan = float("nan")
+            rows += [[name, nan, ml, nan, nan, nan] for name, ml in (
+                ("Ground-glass opacity", result.ggo_ml), ("Consolidation", result.consolidation_ml))]
         table = self._fill_table(table_node, "CovidSeg quantification", header, rows)
         table.SetAttribute("CovidSeg.Severity", result.severity)
         table.SetAttribute("CovidSeg.SeverityNote", result.severity_note)

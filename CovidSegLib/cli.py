@@ -190,7 +190,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         raise InputError(source, "folder holds no CT files (.nii, .nii.gz, .nrrd, .mha, .mhd, .dcm) or DICOM series")
     model = load_model(args.model)
     options = SegmentOptions(args.device, args.batch_size, args.intensity, args.window, args.format,
-                             args.allow_empty, args.series)
+                             args.allow_empty, args.series, separate_infection=not args.merge_infection)
     failures = {EXIT_INPUT: 0, EXIT_OUTPUT: 0}
     for ct in cases:
         output = output_path_for(ct, out, args.format, batch)
@@ -306,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--allow-empty", action="store_true",
                          help="write an empty segmentation when no lung is found (default: an error, exit code 3)")
     segment.add_argument("--series", help="DICOM SeriesInstanceUID to read from a DICOM folder with several series")
+    segment.add_argument("--merge-infection", action="store_true",
+                         help="write infection as one label (3) instead of ground-glass opacity (4) and consolidation "
+                         "(5), for tools that expect the three-label scheme")
     segment.add_argument("--report", action="store_true",
                          help="also write the report (figures, pictures, HTML) into OUTPUT_report/ beside each output")
     add_intensity_options(segment)

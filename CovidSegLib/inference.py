@@ -17,7 +17,9 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from .density import split_infection
 from .errors import Cancelled, CovidSegError
+from .labels import LabelInfo, output_labels
 from .model import LoadedModel
 from .orientation import from_canonical, to_canonical
 from .plausibility import no_lung_finding
@@ -50,7 +52,8 @@ class EngineSwitches:
 
 @dataclass
 class SegmentationResult:
-    labels: np.ndarray  # on the input grid, [k, j, i], values of labels.OUTPUT_LABELS
+    labels: np.ndarray  # on the input grid, [k, j, i], values of label_infos
+    label_infos: tuple[LabelInfo, ...]  # labels.OUTPUT_LABELS, or SPLIT_OUTPUT_LABELS when GGO is told apart
     device: str
     batch_size: int
     slices_total: int
@@ -270,8 +273,12 @@ def segment_volume(
     batch_size: int | None = None,
     progress: ProgressCallback | None = None,
     switches: EngineSwitches = EngineSwitches(),
+    separate_infection: bool = True,
 ) -> SegmentationResult:
-    """Segment a validated CT in HU (see :func:`CovidSegLib.intensity.prepare_ct`); labels on its exact grid."""
+    """Segment a validated CT in HU (see :func:`CovidSegLib.intensity.prepare_ct`); labels on its exact grid.
+
+    Infection comes out as ground-glass opacity and consolidation when the card has a rule for that
+    (:mod:`CovidSegLib.density`) and ``separate_infection``; else as one infection label."""
     started = time.perf_counter()
     canonical, plan = to_canonical(volume)
     hu = canonical.array
@@ -303,12 +310,18 @@ def segment_volume(
         paste_masks(segmenter, interpolate_logits(logits, chunk), chunk[:, 0].astype(int), box, lungs, infection)
         report(0.8 + 0.1 * min(start + chunk_size, len(between)) / len(between))
     network_done = time.perf_counter()
-    labels = from_canonical(postprocess(lungs, infection, canonical.geometry, body=body), plan)
+    labels = postprocess(lungs, infection, canonical.geometry, body=body)
+    rule = model.card.split_rule() if separate_infection else None
+    if rule is not None:
+        spacing = canonical.geometry.spacing
+        labels = split_infection(labels, hu, (float(spacing[1]), float(spacing[0])), rule)
+    labels = from_canonical(labels, plan)
     report(1.0)
     finished = time.perf_counter()
     no_lung = no_lung_note(labels, volume.geometry)
     return SegmentationResult(
         labels=labels,
+        label_infos=output_labels(rule is not None),
         device=str(segmenter.device),
         batch_size=segmenter.batch_size,
         slices_total=hu.shape[0],

@@ -76,8 +76,42 @@ LABELS: tuple[LabelInfo, ...] = (
 LABELS_BY_VALUE: Mapping[int, LabelInfo] = {label.value: label for label in LABELS}
 LABELS_BY_KEY: Mapping[str, LabelInfo] = {label.key: label for label in LABELS}
 
-#: The labels of a standard CovidSeg output (what the bundled model writes).
+#: The labels of a CovidSeg output with infection as one label (a model without a GGO / consolidation rule, or
+#: ``--merge-infection``).
 OUTPUT_LABELS: tuple[LabelInfo, ...] = tuple(LABELS_BY_VALUE[v] for v in (LEFT_LUNG, RIGHT_LUNG, INFECTION))
+#: The labels of a CovidSeg output whose infection is split into ground-glass opacity and consolidation.
+SPLIT_OUTPUT_LABELS: tuple[LabelInfo, ...] = tuple(
+    LABELS_BY_VALUE[v] for v in (LEFT_LUNG, RIGHT_LUNG, GGO, CONSOLIDATION))
+
+
+def present_values(labels) -> set[int]:
+    """The values a label map (numpy array) holds. Counted a block of slices at a time: ``np.bincount`` widens
+    uint8 to int64 (a 600-slice CT would need 1.3 GB at once) and ``np.unique`` sorts every voxel."""
+    import numpy as np
+
+    if labels.dtype != np.uint8:
+        return set(np.unique(labels).tolist())
+    blocks = labels.reshape(-1, *labels.shape[-2:]) if labels.ndim > 2 else labels[None]
+    counts = np.zeros(256, np.int64)
+    for start in range(0, len(blocks), 16):
+        counts += np.bincount(blocks[start:start + 16].ravel(), minlength=256)
+    return set(np.flatnonzero(counts).tolist())
+
+
+def labels_of(labels) -> tuple[LabelInfo, ...]:
+    """The segments a label map (numpy array of scheme values) needs: both lungs always, then the infection
+    classes it holds, or the one infection label when it holds none (so an empty result still has the segment)."""
+    present = present_values(labels)
+    unknown = sorted(present - set(LABELS_BY_VALUE) - {BACKGROUND})
+    if unknown:
+        raise ValueError(f"labels hold values {unknown} outside the label scheme {[BACKGROUND, *LABELS_BY_VALUE]}")
+    infection = [value for value in INFECTION_VALUES if value in present] or [INFECTION]
+    return tuple(LABELS_BY_VALUE[value] for value in (LEFT_LUNG, RIGHT_LUNG, *infection))
+
+
+def output_labels(split_infection: bool) -> tuple[LabelInfo, ...]:
+    """The segments an output holds: :data:`SPLIT_OUTPUT_LABELS` or :data:`OUTPUT_LABELS`."""
+    return SPLIT_OUTPUT_LABELS if split_infection else OUTPUT_LABELS
 
 #: Label values that count as lung tissue when a metric or a volume is asked for "both lungs".
 LUNG_VALUES: tuple[int, ...] = (LEFT_LUNG, RIGHT_LUNG)

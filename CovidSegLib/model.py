@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .density import InfectionSplit
 from .errors import ModelError
 from .representation import Preprocessing
 
@@ -52,6 +53,9 @@ class ModelCard:
     description: str = ""
     limitations: tuple[str, ...] = ()  # what the measurements showed it gets wrong
     training_config: dict[str, Any] = field(default_factory=dict)
+    #: how the engine splits infection into ground-glass opacity and consolidation (CovidSegLib.density);
+    #: empty: the model's infection stays one label
+    infection_split: dict[str, Any] = field(default_factory=dict)
     format: str = CARD_FORMAT
 
     def to_json(self) -> str:
@@ -77,9 +81,15 @@ class ModelCard:
             document["decoder_channels"] = tuple(document["decoder_channels"])
             document["outputs"] = tuple(document["outputs"])
             document["limitations"] = tuple(document.get("limitations", ()))
-            return cls(**document)
-        except (TypeError, KeyError) as error:
+            card = cls(**document)
+            card.split_rule()  # a rule the engine cannot read is refused now, not in the middle of a CT
+            return card
+        except (TypeError, KeyError, ValueError) as error:
             raise ModelError(f"{source}: model card fields are wrong ({error})") from None
+
+    def split_rule(self) -> "InfectionSplit | None":
+        """The card's ground-glass opacity / consolidation rule, or None when it keeps infection whole."""
+        return InfectionSplit.from_card(self.infection_split)
 
     def output_index(self, name: str) -> int:
         if name not in self.outputs:
@@ -192,3 +202,15 @@ def save_model(network: "torch.nn.Module", card: ModelCard, card_path: str | Pat
                          "weights_sha256": digest})
     write_text(card_path, final.to_json())
     return final
+
+
+def update_card(card_path: str | Path, changes: dict[str, Any]) -> None:
+    """Replace top-level fields of a card file (its weights untouched), atomically; the rest stays as written.
+    A result that is no longer a valid card is refused before anything is written."""
+    from .writing import write_text
+
+    card_path = Path(card_path)
+    document = {**json.loads(card_path.read_text(encoding="utf-8")), **changes}
+    text = json.dumps(document, indent=2, allow_nan=False) + "\n"
+    ModelCard.from_json(text, str(card_path))
+    write_text(card_path, text)

@@ -26,6 +26,8 @@ class SegmentOptions:
     output_format: str = ".seg.nrrd"
     allow_empty: bool = False  # write an empty segmentation when no lung is found, instead of refusing
     series: str | None = None  # DICOM SeriesInstanceUID, for a folder with several series
+    #: ground-glass opacity and consolidation as two labels, when the model card has a rule for it
+    separate_infection: bool = True
 
 
 def is_dicom_folder(path: Path) -> bool:
@@ -69,11 +71,12 @@ def segment_file(ct: Path, output: Path, model: LoadedModel, options: SegmentOpt
     check_not_protected(output, [ct])
     check_output_folder(output)
     volume = prepare_ct(read_volume(ct, options.series), options.intensity, options.window)
-    result = segment_volume(volume, model, options.device, options.batch_size, progress)
+    result = segment_volume(volume, model, options.device, options.batch_size, progress,
+                            separate_infection=options.separate_infection)
     if result.no_lung and not options.allow_empty:
         raise InputError(ct, f"{result.no_lung}: is this a chest CT? Nothing was written (--allow-empty writes "
                              "what was found)")
-    write_label_map(result.labels, volume.geometry, output, protected=[ct])
+    write_label_map(result.labels, volume.geometry, output, result.label_infos, protected=[ct])
     result.notes[:0] = list(volume.notes) + [f"warning: {w}" for w in geometry_warnings(volume.geometry)]
     result.volume = volume
     return result

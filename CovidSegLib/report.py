@@ -21,14 +21,14 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from . import __version__
-from .labels import INFECTION_VALUES, LEFT_LUNG, RIGHT_LUNG
+from .labels import INFECTION_VALUES, LABELS, LEFT_LUNG, RIGHT_LUNG
 from .orientation import to_canonical
 from .quantification import Quantification, attribute_infection, quantify
 from .volume import Volume
 from .writing import atomic_output, write_text
 
 LUNG_WINDOW = (-1350.0, 150.0)
-OVERLAY = {1: (0.33, 0.60, 0.86), 2: (0.30, 0.74, 0.46), 3: (0.90, 0.20, 0.18)}
+OVERLAY = {label.value: label.color for label in LABELS}
 MOSAIC_SLICES = 12
 #: The model card's measurement of infection called on a CT without COVID-19 (mL), under any of its scores.
 FALSE_INFECTION_KEY = "false_infection_ml"
@@ -36,7 +36,7 @@ CSV_COLUMNS = (
     "case", "status", "severity", "involvement_percent", "bilateral", "lungs_ml", "infection_ml",
     "left_lung_ml", "left_infection_ml", "left_involvement_percent",
     "right_lung_ml", "right_infection_ml", "right_involvement_percent",
-    "healthy_lung_mean_hu", "infection_mean_hu", "warnings",
+    "healthy_lung_mean_hu", "infection_mean_hu", "ggo_ml", "consolidation_ml", "warnings",
 )
 
 
@@ -53,6 +53,7 @@ def csv_row(case: str, result: Quantification | None, error: str | None = None) 
         "right_lung_ml": result.right.volume_ml, "right_infection_ml": result.right.infection_ml,
         "right_involvement_percent": result.right.involvement_percent,
         "healthy_lung_mean_hu": result.total.healthy_mean_hu, "infection_mean_hu": result.total.infection_mean_hu,
+        "ggo_ml": result.ggo_ml, "consolidation_ml": result.consolidation_ml,
         "warnings": " | ".join(result.warnings),
     }
 
@@ -220,6 +221,10 @@ def _html(case: str, result: Quantification, pictures: dict[str, bytes], sources
         f"<td>{number(f.infection_mean_hu, 0)}</td></tr>"
         for name, f in (("Left lung", result.left), ("Right lung", result.right), ("Both lungs", result.total)))
     warnings = "".join(f"<li>{html.escape(w)}</li>" for w in result.warnings)
+    classes = (f'<p id="infection-classes">Of the infection in both lungs: ground-glass opacity '
+               f"{number(result.ggo_ml)} mL, consolidation {number(result.consolidation_ml)} mL (told apart by "
+               f"density; see the model card).</p>" if result.ggo_ml is not None else "")
+    legend = ("ground-glass opacity yellow, consolidation purple" if result.ggo_ml is not None else "infection red")
     images = "".join(
         f'<figure><img alt="{name[:-4]}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
         f"<figcaption>{name[:-4]}</figcaption></figure>" for name, data in pictures.items())
@@ -238,8 +243,9 @@ CT-2 25% to under 50%, CT-3 50% to 75%, CT-4 over 75%.</p>
 {f'<p class="note" id="false-infection">{html.escape(floor_note)}</p>' if floor_note else ""}
 <table id="figures"><tr><th>Region</th><th>Volume (mL)</th><th>Infection (mL)</th><th>Involvement (%)</th>
 <th>Healthy lung mean HU</th><th>Infection mean HU</th></tr>{rows}</table>
+{classes}
 {f"<h2>Warnings</h2><ul>{warnings}</ul>" if warnings else ""}
-<h2>Pictures</h2><p>Left lung blue, right lung green, infection red; patient right on the image's left.</p>{images}
+<h2>Pictures</h2><p>Left lung blue, right lung green, {legend}; patient right on the image's left.</p>{images}
 <h2>Sources</h2><ul>{source_lines}<li>CovidSeg {__version__}</li></ul></body></html>
 """
 

@@ -18,7 +18,7 @@ import SimpleITK as sitk
 
 from .errors import InputError, OutputError
 from .integrity import check_file_integrity
-from .labels import OUTPUT_LABELS, LabelInfo, slicer_terminology
+from .labels import LabelInfo, labels_of, present_values, slicer_terminology
 from .reading import image_from_array
 from .volume import Geometry
 
@@ -136,10 +136,12 @@ def write_label_map(
     labels: np.ndarray,
     geometry: Geometry,
     path: str | Path,
-    label_infos: Sequence[LabelInfo] = OUTPUT_LABELS,
+    label_infos: Sequence[LabelInfo] | None = None,
     protected: Iterable[str | Path] = (),
 ) -> Path:
     """Write ``labels`` ([k, j, i] integer values of ``label_infos``) on ``geometry`` to ``path``.
+
+    Without ``label_infos``, the segments are those the labels need (:func:`CovidSegLib.labels.labels_of`).
 
     The format follows the suffix. ``.seg.nrrd`` gets one named, coloured segment per label with its
     terminology, so Slicer opens it as a segmentation; the other formats hold the plain label values.
@@ -148,11 +150,12 @@ def write_label_map(
     suffix = output_suffix(path)
     if labels.shape != geometry.array_shape:
         raise ValueError(f"labels shape {labels.shape} does not match the grid {geometry.array_shape}")
-    known = {info.value for info in label_infos} | {0}
     if labels.dtype != np.uint8 and (labels.min() < 0 or labels.max() > 255):
-        raise ValueError(f"labels hold values outside the label scheme {sorted(known)}")
+        raise ValueError("labels hold values outside the label scheme (0..255)")
     labels = labels.astype(np.uint8, copy=False)
-    unexpected = set(np.flatnonzero(np.bincount(labels.ravel(), minlength=256)).tolist()) - known
+    label_infos = labels_of(labels) if label_infos is None else label_infos
+    known = {info.value for info in label_infos} | {0}
+    unexpected = present_values(labels) - known
     if unexpected:
         raise ValueError(f"labels hold values {sorted(unexpected)} outside the label scheme {sorted(known)}")
     with atomic_output(path, protected) as temporary:

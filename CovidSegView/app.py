@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 import trame_slicer.views  # noqa: F401  (fails here, as ImportError, where the view extra is missing)
 
 from CovidSegLib.errors import Cancelled, CovidSegError
-from CovidSegLib.labels import OUTPUT_LABELS
+from CovidSegLib.labels import LABELS, LabelInfo, labels_of
 
 from .render import offscreen_rendering_problem, without_multisampling
 from .scene import DEFAULT_OPACITY, CaseScene, Table
@@ -77,8 +77,8 @@ class ViewerApp:
         state.opacity = DEFAULT_OPACITY
         state.quantify = state.compare = None
         state.severity = state.severity_note = state.warnings = state.saved = ""
-        for info in OUTPUT_LABELS:
-            state[f"show_{info.key}"] = True
+        for info in LABELS:
+            state[f"show_{info.key}"], state[f"has_{info.key}"] = True, False
             state.change(f"show_{info.key}")(lambda key=info.key, **_: self._on_visibility(key))
         state.change("opacity")(lambda opacity, **_: self._on_opacity(opacity))
 
@@ -138,22 +138,26 @@ class ViewerApp:
                 self.state.progress = round(100 * self._fraction)
             await asyncio.wait([job], timeout=0.25)
         try:
-            self.case.show_labels(job.result())  # here, on the thread that owns the scene and the views
+            labels = job.result()
+            self.case.show_labels(labels)  # here, on the thread that owns the scene and the views
         except Cancelled:
             self._finish_segment("Cancelled; nothing was changed.")
         except Exception as error:  # noqa: BLE001 - whatever failed, the page must leave its busy state
             traceback.print_exc()
             self._finish_segment("Segmentation failed.", str(error))
         else:
-            self._finish_segment("Segmented: Left lung, Right lung and Infection are shown. Quantify, Compare or "
-                                 "Save.", segmented=True)
+            shown = labels_of(labels)
+            self._finish_segment(f"Segmented: {', '.join(info.name for info in shown)} are shown. Quantify, "
+                                 "Compare or Save.", shown=shown)
 
-    def _finish_segment(self, status: str, error: str = "", segmented: bool = False) -> None:
+    def _finish_segment(self, status: str, error: str = "", shown: tuple[LabelInfo, ...] = ()) -> None:
         """Leave the busy state and say how it ended in one update, so the page never shows one without the
-        other."""
+        other; ``shown``: the segments of a finished segmentation, whose rows the segment panel lists."""
         with self.state:
             self.state.busy, self.state.status, self.state.error = False, status, error
-            if segmented:
+            if shown:
+                for info in LABELS:
+                    self.state[f"has_{info.key}"] = info in shown
                 self.state.has_segmentation, self.state.progress = True, 100
                 self.state.quantify = self.state.compare = None
                 self.state.severity = self.state.saved = ""
@@ -215,8 +219,8 @@ class ViewerApp:
 
     def _segment_panel(self, v3, html) -> None:
         with html.Div(v_show="has_segmentation", id="segments"):
-            for info in OUTPUT_LABELS:
-                with html.Div(classes="d-flex align-center", style="gap: 8px"):
+            for info in LABELS:  # rows for the segments this run holds (v_if: d-flex would override v_show)
+                with html.Div(classes="d-flex align-center", style="gap: 8px", v_if=f"has_{info.key}"):
                     html.Span(style=f"display:inline-block;width:14px;height:14px;background:{hex_colour(info.color)}")
                     v3.VCheckbox(v_model=(f"show_{info.key}",), label=info.name, id=f"show-{info.key}",
                                  density="compact", hide_details=True)

@@ -39,6 +39,9 @@ def test_bundled_model_is_small_safe_and_described() -> None:
     assert held_out["lungs"]["slices"] > 100 and held_out["groups"] >= 4
     model = load_model()
     assert model.card.outputs == ("lungs", "infection")
+    split = card["infection_split"]
+    assert model.card.split_rule() is not None and -700 < split["consolidation_min_hu"] < -100
+    assert split["scores"]["inside_expert_infection"]["pooled_dice"]["consolidation"] > 0.5
 
 
 @pytest.fixture(scope="module")
@@ -96,3 +99,32 @@ def test_the_experts_infection_is_found_on_hu_slices_through_segment(slices: Pat
     scores = hu_slice_scores(load_model(), slices / "hu_infection", tmp_path)
     assert scores["infection"]["pooled_dice"] > HU_SLICES_INFECTION
     assert scores["lungs"]["pooled_dice"] > LUNGS_CTCHEST
+
+
+def test_segment_separates_ground_glass_from_consolidation_unless_merged(slices: Path, tmp_path: Path) -> None:
+    """covidseg segment on a real HU slice (stacked into a volume): the bundled card's rule writes GGO (4) and
+    consolidation (5) segments whose union is, voxel for voxel, the infection --merge-infection writes as 3."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from CovidSegLib.labels import CONSOLIDATION, GGO, INFECTION, SPLIT_OUTPUT_LABELS
+    from CovidSegLib.reading import read_segmentation
+
+    with np.load(slices / "hu_infection" / "coronacases_001_slice110.npz") as data:
+        hu = np.rot90(data["image"])
+    image = sitk.GetImageFromArray(np.repeat(hu[None], 5, axis=0).astype(np.int16))
+    image.SetSpacing((0.75, 0.75, 1.0))
+    sitk.WriteImage(image, str(tmp_path / "ct.nrrd"))
+    split_path, merged_path = tmp_path / "split.seg.nrrd", tmp_path / "merged.nii.gz"
+    for output, extra in ((split_path, ()), (merged_path, ("--merge-infection",))):
+        result = run_cli("segment", str(tmp_path / "ct.nrrd"), "-o", str(output), "--quiet", *extra)
+        assert result.returncode == 0, result.stderr
+    split, merged = read_segmentation(split_path), read_segmentation(merged_path)
+    assert [s.name for s in split.segments] == [info.name for info in SPLIT_OUTPUT_LABELS]
+    split_labels, merged_labels = split.layers[0], merged.layers[0]
+    assert set(np.unique(merged_labels)) == {0, 1, 2, INFECTION}
+    assert np.array_equal(np.isin(split_labels, (GGO, CONSOLIDATION)), merged_labels == INFECTION)
+    volume = np.repeat(hu[None], 5, axis=0)
+    ggo, consolidation = volume[split_labels == GGO], volume[split_labels == CONSOLIDATION]
+    assert ggo.size and consolidation.size
+    assert consolidation.mean() > ggo.mean() + 200

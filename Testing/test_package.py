@@ -8,10 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import CovidSegLib
-from CovidSegLib.labels import LABELS, OUTPUT_LABELS, label_by_name, slicer_terminology_string
+from CovidSegLib.labels import (LABELS, OUTPUT_LABELS, SPLIT_OUTPUT_LABELS, label_by_name, labels_of,
+                               present_values, slicer_terminology_string)
 
 from conftest import PROJECT_ROOT, run_cli
 
@@ -59,6 +61,7 @@ def test_console_script_help_and_usage_errors() -> None:
 
 def test_label_scheme_is_consistent() -> None:
     assert [label.value for label in OUTPUT_LABELS] == [1, 2, 3]
+    assert [label.value for label in SPLIT_OUTPUT_LABELS] == [1, 2, 4, 5]
     assert len({label.value for label in LABELS}) == len({label.key for label in LABELS}) == len(LABELS)
     assert label_by_name("Left lung").value == 1 and label_by_name("right-lung").value == 2
     assert label_by_name("3").key == "infection"
@@ -66,3 +69,16 @@ def test_label_scheme_is_consistent() -> None:
         label_by_name("spleen")
     assert slicer_terminology_string(OUTPUT_LABELS[0]).split("~")[1:4] == [
         "SCT^123037004^Anatomical Structure", "SCT^39607008^Lung", "SCT^7771000^Left"]
+
+
+def test_a_label_map_gets_the_segments_it_holds() -> None:
+    """Writers and the Slicer Logic name segments from the values present: a split infection gets its two
+    classes, an empty one still gets its Infection segment, a value outside the scheme is refused."""
+    labels = np.zeros((40, 8, 8), np.uint8)  # more slices than one counting block
+    labels[0, 0, 0], labels[39, 1, 1] = 1, 5
+    assert present_values(labels) == {0, 1, 5}
+    assert [info.value for info in labels_of(labels)] == [1, 2, 5]
+    assert [info.value for info in labels_of(np.zeros((2, 2), np.int32))] == [1, 2, 3]
+    labels[20, 2, 2] = 9
+    with pytest.raises(ValueError, match=r"values \[9\] outside the label scheme"):
+        labels_of(labels)

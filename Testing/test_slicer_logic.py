@@ -18,7 +18,7 @@ from CovidSegLogic import CovidSegLogic, geometry_from_volume_node  # noqa: E402
 
 from CovidSegLib.errors import Cancelled, InputError  # noqa: E402
 from CovidSegLib.evaluation import evaluate_case  # noqa: E402
-from CovidSegLib.labels import OUTPUT_LABELS, slicer_terminology_string  # noqa: E402
+from CovidSegLib.labels import OUTPUT_LABELS, SPLIT_OUTPUT_LABELS, slicer_terminology_string  # noqa: E402
 from CovidSegLib.reading import read_volume  # noqa: E402
 
 
@@ -64,13 +64,23 @@ def test_segment_creates_named_segments_on_the_volume_grid(scene, volumes: Path,
     segmentation_node = logic.segment(volume, model_path=logic_model, progress=lambda f: fractions.append(f) and False)
     assert fractions[0] == 0.0 and fractions[-1] == 1.0
     segmentation = segmentation_node.GetSegmentation()
-    segments = [segmentation.GetNthSegment(i) for i in range(segmentation.GetNumberOfSegments())]
-    assert [s.GetName() for s in segments] == [info.name for info in OUTPUT_LABELS]
-    assert [s.GetTerminology() for s in segments] == [slicer_terminology_string(info) for info in OUTPUT_LABELS]
+
+    def segments() -> list:
+        return [segmentation.GetNthSegment(i) for i in range(segmentation.GetNumberOfSegments())]
+
+    # the bundled card tells ground-glass opacity from consolidation
+    assert [s.GetName() for s in segments()] == [info.name for info in SPLIT_OUTPUT_LABELS]
+    assert [s.GetTerminology() for s in segments()] == [slicer_terminology_string(i) for i in SPLIT_OUTPUT_LABELS]
     geometry = segmentation_node.GetSegmentation().GetConversionParameter("Reference image geometry")
     assert geometry, "reference geometry must be set so DICOM SEG export works"
     left = logic.segment_mask(segmentation_node, "left_lung", volume)
     assert left.shape == slicer.util.arrayFromVolume(volume).shape
+    found = sum(logic.segment_mask(segmentation_node, key, volume) for key in ("ggo", "consolidation"))
+
+    # run again into the same node with one infection segment: the other scheme's segments are replaced
+    logic.segment(volume, segmentation_node, model_path=logic_model, separate_infection=False)
+    assert [s.GetName() for s in segments()] == [info.name for info in OUTPUT_LABELS]
+    assert np.array_equal(logic.segment_mask(segmentation_node, "infection", volume), found > 0)
 
 
 def test_lungs_are_found_where_the_reference_has_them(scene, volumes: Path, logic_model: str, tmp_path: Path) -> None:
@@ -90,7 +100,8 @@ def test_lungs_are_found_where_the_reference_has_them(scene, volumes: Path, logi
     labels = np.zeros(next(iter(masks.values())).shape, np.uint8)
     for value in sorted(masks):
         labels[masks[value]] = value
-    written = write_label_map(labels, geometry_from_volume_node(volume), tmp_path / "pred.seg.nrrd")
+    written = write_label_map(labels, geometry_from_volume_node(volume), tmp_path / "pred.seg.nrrd",
+                              label_infos=SPLIT_OUTPUT_LABELS)
     case = evaluate_case(written, volumes / "ctchest4.seg.nrrd")
     for name in ("left_lung", "right_lung", "lungs"):
         assert dice[name] == pytest.approx(case.metrics[name].dice, abs=1e-9)
@@ -114,11 +125,18 @@ def test_quantify_volumes_match_voxel_counts(scene, volumes: Path, logic_model: 
     table, result = logic.quantify(segmentation_node, volume)
     voxel_ml = np.prod(volume.GetSpacing()) / 1000
     left = logic.segment_mask(segmentation_node, "left_lung", volume)
-    infection = logic.segment_mask(segmentation_node, "infection", volume)
+    ggo = logic.segment_mask(segmentation_node, "ggo", volume)
+    consolidation = logic.segment_mask(segmentation_node, "consolidation", volume)
     right = logic.segment_mask(segmentation_node, "right_lung", volume)
+    infection = ggo | consolidation
+    assert infection.any(), "CTChest's false infection (the card: 15.9 mL) is what this counts"
     total_ml = (left.sum() + right.sum() + infection.sum()) * voxel_ml
     assert table.GetTable().GetValue(2, 1).ToDouble() == pytest.approx(total_ml)
     assert table.GetTable().GetValue(2, 2).ToDouble() == pytest.approx(infection.sum() * voxel_ml)
+    rows = {table.GetTable().GetValue(r, 0).ToString(): r for r in range(table.GetNumberOfRows())}
+    assert table.GetTable().GetValue(rows["Ground-glass opacity"], 2).ToDouble() == pytest.approx(ggo.sum() * voxel_ml)
+    assert table.GetTable().GetValue(rows["Consolidation"], 2).ToDouble() == pytest.approx(
+        consolidation.sum() * voxel_ml)
     assert table.GetAttribute("CovidSeg.Severity") == result.severity
     assert "automatic estimate" in table.GetAttribute("CovidSeg.SeverityNote")
 

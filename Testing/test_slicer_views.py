@@ -23,13 +23,13 @@ try:  # ImportError, not only ModuleNotFoundError: trame-slicer without slicer-l
 except ImportError as error:
     pytest.skip(f"needs the view extra (trame-slicer with slicer-layer-dm): {error}", allow_module_level=True)
 
-from CovidSegLib.labels import INFECTION, LEFT_LUNG, LABELS_BY_VALUE, RIGHT_LUNG  # noqa: E402
+from CovidSegLib.labels import INFECTION_VALUES, LEFT_LUNG, LABELS_BY_VALUE, RIGHT_LUNG  # noqa: E402
 from CovidSegView.render import capture, create_offscreen_views, offscreen_rendering_problem, write_png  # noqa: E402
 
 PROBLEM = offscreen_rendering_problem()
 pytestmark = pytest.mark.skipif(PROBLEM is not None, reason=PROBLEM or "")
 SIZE = (480, 480)
-LEFT, RIGHT, INFECTED = (LABELS_BY_VALUE[v].color for v in (LEFT_LUNG, RIGHT_LUNG, INFECTION))
+LEFT, RIGHT = (LABELS_BY_VALUE[v].color for v in (LEFT_LUNG, RIGHT_LUNG))
 
 
 def keep_artefacts(paths: list[Path]) -> None:
@@ -68,8 +68,8 @@ def rendered(volumes: Path, tmp_path_factory):
 
 def picture_slice(labels: np.ndarray) -> int:
     """The axial slice with the most lung among those showing some infection (any slice if none does)."""
-    lung = np.isin(labels, (LEFT_LUNG, RIGHT_LUNG, INFECTION)).sum(axis=(1, 2))
-    infected = (labels == INFECTION).sum(axis=(1, 2)) >= 20
+    lung = np.isin(labels, (LEFT_LUNG, RIGHT_LUNG, *INFECTION_VALUES)).sum(axis=(1, 2))
+    infected = np.isin(labels, INFECTION_VALUES).sum(axis=(1, 2)) >= 20
     return int(np.argmax(np.where(infected, lung, -1) if infected.any() else lung))
 
 
@@ -122,11 +122,15 @@ def test_axial_view_draws_the_lungs_where_they_are_radiological_convention(rende
 
 
 def test_axial_view_shows_the_infection_where_the_model_found_it(rendered) -> None:
+    """Each infection class on the shown slice (ground-glass opacity and consolidation with the bundled card)
+    is drawn in its own colour."""
     pictures, labels, k, _, _ = rendered
-    infected_voxels = int((labels[k] == INFECTION).sum())
-    if infected_voxels < 20:
-        pytest.skip(f"the model finds too little infection in ctchest4 ({infected_voxels} voxels on slice {k})")
-    assert colour_mask(pictures["red"], INFECTED).sum() > 20
+    shown = {value: int((labels[k] == value).sum()) for value in INFECTION_VALUES}
+    if max(shown.values()) < 20:
+        pytest.skip(f"the model finds too little infection in ctchest4 ({shown} voxels on slice {k})")
+    for value, voxels in shown.items():
+        if voxels >= 20:
+            assert colour_mask(pictures["red"], LABELS_BY_VALUE[value].color).sum() > 20, value
 
 
 def test_3d_view_shows_both_lung_surfaces_from_the_front(rendered) -> None:

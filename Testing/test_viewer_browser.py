@@ -200,6 +200,7 @@ async def drive(websocket_url: str, app_url: str, out_dir: Path, artefacts: Path
         assert status.startswith("Segmented"), f"{status} {await page.js(TEXT.format('error'))}"
         await asyncio.sleep(2)  # the views' last frames reach the page
         views = await page.screenshot()
+        segment_rows = await page.js(TEXT.format("segments"))
         await page.js(click("quantify"))
         await page.wait_js("!!document.getElementById('quantify-table')", 60, "the Quantify table")
         await page.js(click("compare"))
@@ -215,6 +216,7 @@ async def drive(websocket_url: str, app_url: str, out_dir: Path, artefacts: Path
         Image.fromarray(views).save(artefacts / "viewer_segmented.png")
         Image.fromarray(shown).save(artefacts / "viewer_quantified.png")
         return {"bad_path_error": bad_path_error, "cancelled": cancelled_status, "progress": progress, "views": views,
+                "segment_rows": segment_rows,
                 "quantify": await page.js(table("quantify-table")), "compare": await page.js(table("compare-table")),
                 "severity": await page.js(TEXT.format("severity")), "requested": page.requested}
 
@@ -246,6 +248,10 @@ def test_cancel_then_segment_shows_progress_and_the_segments(session: dict) -> N
     views = session["views"]
     for colour in (LEFT, RIGHT):
         assert colour_mask(views, colour).sum() > 2000, f"segment colour {colour} not in the page's views"
+    # the panel lists the segments this run made: the bundled card splits infection into its two classes
+    rows = session["segment_rows"]
+    assert all(name in rows for name in ("Left lung", "Right lung", "Ground-glass opacity", "Consolidation")), rows
+    assert "Infection" not in rows, rows
 
 
 def test_page_numbers_are_the_librarys(session: dict, volumes: Path) -> None:

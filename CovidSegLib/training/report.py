@@ -30,12 +30,11 @@ import numpy as np
 from ..evaluation import LabelMapping, evaluate_case, parse_mapping
 from ..inference import SliceSegmenter, select_device
 from ..labels import INFECTION
-from ..model import LoadedModel, ModelCard, load_model
+from ..model import LoadedModel, load_model, update_card
 from ..pipeline import SegmentOptions, segment_file
 from ..plausibility import geometry_warnings
 from ..slice_evaluation import dice_figures
 from ..slices import predict_slices
-from ..writing import write_text
 from .data import SliceSet, load_medseg, load_slice_corpus, read_split, split_indices
 
 #: How the HU slices are stacked into a volume for ``covidseg segment`` (their true spacing is not stored).
@@ -236,10 +235,7 @@ def main() -> None:
                                                         args.healthy, args.healthy_trained, Path(work))
     print(json.dumps(scores, indent=2))
     if args.write:
-        document = json.loads(card_path.read_text(encoding="utf-8"))
-        document["scores"] = without_nan(scores)
-        ModelCard.from_json(json.dumps(document), str(card_path))  # still a valid card
-        write_text(card_path, json.dumps(document, indent=2, allow_nan=False) + "\n")  # atomic: all or nothing
+        update_card(card_path, {"scores": without_nan(scores)})
 
 
 if __name__ == "__main__":
