@@ -132,10 +132,16 @@ def test_recorded_training_configurations_are_valid() -> None:
     stage starts from its first stage's export and trains on the same data at a lower learning rate."""
     folder = Path(__file__).resolve().parents[1] / "Resources" / "training"
     configs = {p.stem: TrainConfig.from_file(p) for p in folder.glob("*.json")}
-    assert set(configs) == {"bundled", "bundled-continued", "corpus-only", "corpus-only-continued", "medseg-only"}
+    assert set(configs) == {"bundled", "bundled-continued", "corpus-only", "corpus-only-continued", "medseg-only",
+                            "kfold-with-medseg", "kfold-with-medseg-continued", "kfold-corpus-only",
+                            "kfold-corpus-only-continued"}
     for stage_1, stage_2 in ((configs["bundled"], configs["bundled-continued"]),
-                             (configs["corpus-only"], configs["corpus-only-continued"])):
-        assert stage_2.init_model == str(Path(stage_1.out_dir) / f"{stage_1.name}.json")
+                             (configs["corpus-only"], configs["corpus-only-continued"]),
+                             (configs["kfold-with-medseg"], configs["kfold-with-medseg-continued"]),
+                             (configs["kfold-corpus-only"], configs["kfold-corpus-only-continued"])):
+        fold = "fold-{fold}" if stage_1.folds else ""  # a k-fold second stage starts from its own fold's first
+        assert stage_2.init_model == str(Path(stage_1.out_dir) / fold / f"{stage_1.name}.json")
+        assert (stage_2.folds, stage_2.fold_seed) == (stage_1.folds, stage_1.fold_seed)
         assert stage_2.out_dir != stage_1.out_dir and stage_2.learning_rate < stage_1.learning_rate
         assert (stage_2.corpus, stage_2.medseg, stage_2.healthy_volumes) == \
             (stage_1.corpus, stage_1.medseg, stage_1.healthy_volumes)
@@ -143,8 +149,45 @@ def test_recorded_training_configurations_are_valid() -> None:
     assert configs["bundled"].corpus and configs["bundled"].medseg
     assert configs["corpus-only"].corpus and not configs["corpus-only"].medseg
     assert configs["medseg-only"].medseg and not configs["medseg-only"].corpus
+    # the k-fold pair differs in MedSeg only, and neither starts from a model that saw every fold
+    with_medseg, corpus_only = configs["kfold-with-medseg"], configs["kfold-corpus-only"]
+    assert with_medseg.medseg and not corpus_only.medseg and with_medseg.folds == corpus_only.folds >= 3
+    assert not with_medseg.init_model and not corpus_only.init_model
+    assert (with_medseg.epochs, with_medseg.learning_rate, with_medseg.healthy_volumes) == \
+        (corpus_only.epochs, corpus_only.learning_rate, corpus_only.healthy_volumes)
     assert configs["bundled"].healthy_volumes and configs["bundled"].preprocessing().mode == "clahe"
     bundled_card = json.loads((folder.parent / "model" / "covidseg-unet.json").read_text(encoding="utf-8"))
     assert bundled_card["training_config"]["input_size"] == configs["bundled"].input_size
     assert bundled_card["training_config"]["learning_rate"] == second.learning_rate  # the card is the second stage's
     assert bundled_card["preprocessing"] == json.loads(json.dumps(asdict(configs["bundled"].preprocessing())))
+
+
+def test_a_second_cross_validation_stage_starts_from_each_folds_own_first_stage(slices: Path, tmp_path: Path
+                                                                                ) -> None:
+    """Two-stage k-fold: stage 2's fold K starts from stage 1's fold K (the bundled recipe has two stages, and one
+    model for all folds would have seen every fold's validation patients, so it is refused)."""
+    from CovidSegLib.training.train import cross_validate
+
+    def stage(name: str, **changes) -> Path:
+        return cross_validate(_config(slices, tmp_path / name, medseg=None, folds=2, epochs=1,
+                                      max_steps_per_epoch=2, select_best=False, **changes), log=lambda *_: None)
+
+    stage("stage1")
+    with pytest.raises(ValueError, match=r"name each fold's own with \{fold\}"):
+        stage("wrong", init_model=str(tmp_path / "stage1" / "fold-0" / "tiny.json"))
+    summary = json.loads(stage("stage2", init_model=str(tmp_path / "stage1" / "fold-{fold}" / "tiny.json"),
+                               learning_rate=0.0, seed=7).read_text(encoding="utf-8"))
+    assert summary["folds"] == 2
+    from CovidSegLib.training.sources import training_sets
+
+    for fold in (0, 1):  # another training seed, the same patients validate each fold
+        first, second = (training_sets(_config(slices, tmp_path, medseg=None, folds=2, fold=fold, seed=seed))[1]
+                         for seed in (1, 7))
+        assert first.names == second.names and first.names
+    for fold in (0, 1):  # at learning rate 0 the second stage keeps its own fold's first-stage weights
+        first = load_model(tmp_path / "stage1" / f"fold-{fold}" / "tiny.json").network.state_dict()
+        second = load_model(tmp_path / "stage2" / f"fold-{fold}" / "tiny.json").network.state_dict()
+        assert all(torch.equal(first[k], v) for k, v in second.items() if "running" not in k and "num_batches" not in k)
+    other = load_model(tmp_path / "stage1" / "fold-1" / "tiny.json").network.state_dict()
+    second = load_model(tmp_path / "stage2" / "fold-0" / "tiny.json").network.state_dict()
+    assert not all(torch.equal(other[k], v) for k, v in second.items())

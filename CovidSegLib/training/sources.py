@@ -4,8 +4,8 @@
   validate); without the corpus, a fifth of the patients of the other sources (at least one) validates when
   there are three or more, and a handful of cases doubles as its own validation set.
 - With ``folds = K``, every patient group of the pool (the corpus' train and validation groups, each volume,
-  each npz case) is dealt into K folds by a seeded shuffle; fold ``fold`` validates. Slices without a patient id
-  (MedSeg) always train. The corpus' ``test`` groups are never in any fold.
+  each npz case) is dealt into K folds by a shuffle seeded with ``fold_seed``; fold ``fold`` validates. Slices
+  without a patient id (MedSeg) always train. The corpus' ``test`` groups are never in any fold.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def training_sets(config) -> tuple[SliceSet, SliceSet, str]:
         if corpus_validation is not None:
             parts.append(corpus_validation)  # folds deal the corpus' validation groups too
         pool = SliceSet.concatenate(parts)
-        fold_of = assign_folds(pool.groups, config.folds, config.seed)
+        fold_of = assign_folds(pool.groups, config.folds, config.fold_seed)
         if not 0 <= config.fold < config.folds:
             raise ValueError(f"fold {config.fold} is not in 0..{config.folds - 1}")
         held = {g for g, f in fold_of.items() if f == config.fold}

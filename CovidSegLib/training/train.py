@@ -18,6 +18,7 @@ import numpy as np
 
 from ..model import ModelCard, build_network, load_model, save_model
 from ..representation import AIR_TO_METAL, RADIOPAEDIA_CLIP, Preprocessing
+from ..writing import write_text
 from .augment import AugmentConfig, augment
 from .data import SliceSet
 from .slices import resize_slices
@@ -39,8 +40,14 @@ class TrainConfig:
     healthy_volumes: tuple = ()
     folds: int = 0  # k-fold cross-validation by patient: 0 off, else the number of folds
     fold: int = 0  # the fold that validates in this run
+    #: deals patients into folds; apart from ``seed`` so that the stages of a k-fold run (each with its own
+    #: training seed) validate each fold on the same patients
+    fold_seed: int = 0
     device: str = "auto"  # auto: this process' GPU when there is one, else CPU
-    init_model: str | None = None  # fine-tune: start from this model card (e.g. the bundled model)
+    #: fine-tune: start from this model card (e.g. the bundled model). Under cross-validation "{fold}" in it
+    #: names each fold's own model, so a second stage of a k-fold run starts from the same fold's first stage
+    #: (one model for all folds would have seen every fold's validation patients)
+    init_model: str | None = None
     freeze_encoder: bool = False
     name: str = "covidseg-unet"
     encoder: str = "resnet18"
@@ -326,19 +333,24 @@ def cross_validate(config: TrainConfig, log=print) -> Path:
 
     if config.folds < 2:
         raise ValueError("cross-validation needs folds >= 2 in the configuration")
+    if config.init_model and "{fold}" not in config.init_model:
+        raise ValueError(f"init_model {config.init_model} is one model for every fold: it has seen the other folds' "
+                         "validation patients; name each fold's own with {fold} (e.g. .../fold-{fold}/NAME.json)")
     out_dir = Path(config.out_dir).expanduser()
     per_fold = []
     for fold in range(config.folds):
-        fold_config = replace(config, fold=fold, out_dir=str(out_dir / f"fold-{fold}"))
+        fold_config = replace(config, fold=fold, out_dir=str(out_dir / f"fold-{fold}"),
+                              init_model=config.init_model.format(fold=fold) if config.init_model else None)
         card_path = train(fold_config, log=lambda message, fold=fold: log(f"[fold {fold}] {message}"))
         per_fold.append(json.loads(card_path.read_text(encoding="utf-8"))["scores"]["validation_pooled_dice"])
-    summary = {"folds": config.folds, "seed": config.seed, "per_fold_validation_pooled_dice": per_fold}
+    summary = {"folds": config.folds, "fold_seed": config.fold_seed, "seed": config.seed,
+               "per_fold_validation_pooled_dice": per_fold}
     for output in OUTPUTS:
         values = [f[output] for f in per_fold if f.get(output) is not None and not math.isnan(f[output])]
         summary[output] = {"mean": float(np.mean(values)) if values else math.nan,
                            "sd": float(np.std(values, ddof=1)) if len(values) > 1 else math.nan}
     path = out_dir / "cross_validation.json"
-    path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    write_text(path, json.dumps(summary, indent=2) + "\n")
     log(f"cross-validation: lungs {summary['lungs']['mean']:.4f} ± {summary['lungs']['sd']:.4f}, infection "
         f"{summary['infection']['mean']:.4f} ± {summary['infection']['sd']:.4f} ({path})")
     return path

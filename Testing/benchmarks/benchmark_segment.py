@@ -142,11 +142,12 @@ def child(mode: str, ct: Path, model: str | None, device: str, out: Path) -> Non
 
 def agreement(labels: Path, reference: Path) -> str:
     """Dice of lungs and of infection between two label files (n/a: both empty)."""
+    from CovidSegLib.labels import INFECTION_VALUES, LUNG_VALUES
     from CovidSegLib.reading import read_segmentation
 
     a, b = read_segmentation(labels).layers[0], read_segmentation(reference).layers[0]
     figures = []
-    for values in ((1, 2), (3,)):
+    for values in (LUNG_VALUES, INFECTION_VALUES):
         x, y = sum((a == v for v in values)).astype(bool), sum((b == v for v in values)).astype(bool)
         total = int(x.sum()) + int(y.sum())
         figures.append(f"{2 * int((x & y).sum()) / total:.4f}" if total else "n/a")
