@@ -17,7 +17,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
-from .labels import INFECTION, INFECTION_VALUES, LABELS, LABELS_BY_VALUE, LEFT_LUNG, RIGHT_LUNG, label_by_name
+from .labels import (CONSOLIDATION, GGO, INFECTION, INFECTION_VALUES, LABELS, LABELS_BY_VALUE, LEFT_LUNG, RIGHT_LUNG,
+                     label_by_name)
 from .metrics import LESION_NSD_TOLERANCE_MM, LUNG_NSD_TOLERANCE_MM, StructureMetrics, structure_metrics
 from .reading import Segmentation, image_from_array, read_segmentation
 from .volume import Geometry
@@ -113,6 +114,9 @@ STRUCTURES: Mapping[str, tuple[int, ...]] = {
     "lungs": (LEFT_LUNG, RIGHT_LUNG),
     "infection": (INFECTION,) + tuple(v for v in INFECTION_VALUES if v != INFECTION),
 }
+#: The infection's two classes, reported too when both prediction and reference hold some of either: a label
+#: map with infection as one label (3) says nothing about them.
+CLASS_STRUCTURES: Mapping[str, tuple[int, ...]] = {"ggo": (GGO,), "consolidation": (CONSOLIDATION,)}
 
 
 def default_tolerances() -> dict[str, float]:
@@ -121,7 +125,15 @@ def default_tolerances() -> dict[str, float]:
         "right_lung": LUNG_NSD_TOLERANCE_MM,
         "lungs": LUNG_NSD_TOLERANCE_MM,
         "infection": LESION_NSD_TOLERANCE_MM,
+        "ggo": LESION_NSD_TOLERANCE_MM,
+        "consolidation": LESION_NSD_TOLERANCE_MM,
     }
+
+
+def structures_of(results: Sequence["CaseResult"]) -> list[str]:
+    """The structures some of ``results`` report, in the order of :data:`STRUCTURES` then the classes."""
+    found = {name for result in results for name in result.metrics}
+    return [name for name in (*STRUCTURES, *CLASS_STRUCTURES) if name in found]
 
 
 def parse_tolerances(spec: str) -> dict[str, float]:
@@ -132,7 +144,8 @@ def parse_tolerances(spec: str) -> dict[str, float]:
         name = name.strip().lower()
         names = ["left_lung", "right_lung", "lungs"] if name == "lungs" else [name]
         if not set(names) <= set(tolerances):
-            raise ValueError(f"unknown structure {name!r} in tolerances; use lungs, left_lung, right_lung, infection")
+            raise ValueError(f"unknown structure {name!r} in tolerances; use lungs, left_lung, right_lung, infection, "
+                             "ggo, consolidation")
         for item in names:
             tolerances[item] = float(value)
     return tolerances
@@ -156,7 +169,8 @@ def compare_masks(
     geometry: Geometry,
     tolerances: Mapping[str, float] | None = None,
 ) -> dict[str, StructureMetrics]:
-    """Metrics of every structure in :data:`STRUCTURES` from per-label masks on one grid.
+    """Metrics of every structure in :data:`STRUCTURES` from per-label masks on one grid, and of ground-glass
+    opacity and consolidation (:data:`CLASS_STRUCTURES`) when both sides hold some of either.
 
     ``predicted`` and ``referenced`` map CovidSeg label values to boolean masks ``[k, j, i]`` on ``geometry``;
     absent labels are empty. Shared by ``covidseg evaluate`` and the Slicer module's Compare.
@@ -172,9 +186,15 @@ def compare_masks(
                 result |= masks[value]
         return result
 
+    def has_classes(masks: Mapping[int, np.ndarray]) -> bool:
+        return any(masks[value].any() for value in (GGO, CONSOLIDATION) if value in masks)
+
+    structures = dict(STRUCTURES)
+    if has_classes(predicted) and has_classes(referenced):
+        structures.update(CLASS_STRUCTURES)
     return {
         name: structure_metrics(union(predicted, values), union(referenced, values), spacing_kji, tolerances[name])
-        for name, values in STRUCTURES.items()
+        for name, values in structures.items()
     }
 
 
@@ -265,10 +285,10 @@ def pair_folders(predictions: Path, references: Path) -> tuple[list[tuple[str, P
 def summarise(results: Sequence[CaseResult]) -> dict[str, dict[str, dict[str, float | int]]]:
     """Mean, sd and count per structure and metric, leaving out NaN (both empty); infinity propagates."""
     summary: dict[str, dict[str, dict[str, float | int]]] = {}
-    for structure in STRUCTURES:
+    for structure in structures_of(results):
         summary[structure] = {}
         for metric in StructureMetrics.__dataclass_fields__:
-            values = [getattr(r.metrics[structure], metric) for r in results]
+            values = [getattr(r.metrics[structure], metric) for r in results if structure in r.metrics]
             values = [v for v in values if not math.isnan(v)]
             mean = statistics.fmean(values) if values else math.nan
             sd = statistics.stdev(values) if len(values) > 1 and all(map(math.isfinite, values)) else math.nan

@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from .evaluation import STRUCTURES, CaseResult, summarise
+from .evaluation import CaseResult, structures_of, summarise
 from .metrics import METRIC_NAMES
 from .writing import write_text
 
@@ -51,7 +51,7 @@ def format_table(results: Sequence[CaseResult]) -> str:
     header = ["structure"] + [title for _, title in TABLE_METRICS]
     rows = [header]
     summary = summarise(results)
-    for structure in STRUCTURES:
+    for structure in structures_of(results):
         if len(results) == 1:
             metrics = results[0].metrics[structure]
             rows.append([structure] + [_cell(getattr(metrics, key)) for key, _ in TABLE_METRICS])
@@ -82,7 +82,8 @@ def json_text(results: Sequence[CaseResult], notes: Sequence[str] = ()) -> str:
             "both_empty": "null (NaN): left out of means",
             "surface": "voxel borders (6-connectivity), Euclidean mm distances",
             "hd95": "max of the two directed 95th percentiles",
-            "nsd_tolerance_mm": {s: results[0].metrics[s].nsd_tolerance_mm for s in STRUCTURES} if results else {},
+            "nsd_tolerance_mm": {s: next(r.metrics[s] for r in results if s in r.metrics).nsd_tolerance_mm
+                                 for s in structures_of(results)},
         },
         "notes": list(notes),
         "cases": [

@@ -147,3 +147,38 @@ def test_outputs_never_overwrite_inputs_and_bad_options_exit_2(reference, tmp_pa
     assert protected.returncode == 4 and "refusing to write here" in protected.stderr
     bad_map = run_cli("evaluate", str(pred), str(pred), "--ref-map", "5=spleen")
     assert bad_map.returncode == 2 and "unknown label 'spleen'" in bad_map.stderr
+
+
+def test_ground_glass_and_consolidation_are_scored_when_both_sides_hold_them(reference, tmp_path: Path) -> None:
+    """On CTChest's expert lungs with a lesion drawn in the right lung: a prediction that calls part of the
+    reference's consolidation ground glass gets hand-checked per-class Dice, the infection scored as their union;
+    against a reference with infection as one label (3) no class is scored."""
+    layer = reference.layers[0]
+    base = np.where(layer == 6, 1, np.where(layer == 5, 2, 0)).astype(np.uint8)
+    lesion = np.zeros(layer.shape, bool)
+    lesion[15:20, 40:70, 70:100] = True
+    lesion &= base == 2
+    dense = lesion.copy()
+    dense[:, :55] = False  # the reference's consolidation: the lesion's lower rows
+    truth, found = base.copy(), base.copy()
+    truth[lesion], truth[dense] = 4, 5
+    moved = dense.copy()
+    moved[:, 55:60] = False  # the prediction calls 5 rows of the consolidation ground glass
+    found[lesion], found[moved] = 4, 5
+    truth_path = write_label_map(truth, reference.geometry, tmp_path / "truth.nii.gz")
+    found_path = write_label_map(found, reference.geometry, tmp_path / "found.seg.nrrd")
+    metrics = evaluate_case(found_path, truth_path).metrics
+    assert list(metrics) == ["left_lung", "right_lung", "lungs", "infection", "ggo", "consolidation"]
+    assert metrics["infection"].dice == pytest.approx(1.0)
+    assert metrics["consolidation"].dice == pytest.approx(_dice(moved, dense))
+    assert metrics["ggo"].dice == pytest.approx(_dice(lesion & ~moved, lesion & ~dense))
+    assert 0.3 < metrics["consolidation"].dice < 0.95
+
+    merged = base.copy()
+    merged[lesion] = 3
+    merged_path = write_label_map(merged, reference.geometry, tmp_path / "merged.nii.gz")
+    result = run_cli("evaluate", str(found_path), str(merged_path), "-o", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader((tmp_path / "out" / "metrics.csv").open()))
+    assert [r["structure"] for r in rows] == ["left_lung", "right_lung", "lungs", "infection"]
+    assert float(rows[3]["dice"]) == pytest.approx(1.0)
