@@ -24,6 +24,7 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 from CovidSegLib.errors import Cancelled
+from CovidSegLib.labels import CONSOLIDATION, GGO
 from CovidSegLogic import CovidSegLogic  # noqa: F401  (Slicer finds the module's logic class here)
 
 NO_SEGMENT = "(none)"
@@ -196,9 +197,15 @@ class CovidSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.updateButtons()
 
     def referenceMappingFromGui(self) -> dict:
+        """The chosen segments, plus the reference's ground-glass opacity and consolidation segments matched by
+        name (a CovidSeg output): they are infection too, and scored as classes against a split result."""
         combos = {1: self.ui.referenceLeftLungComboBox, 2: self.ui.referenceRightLungComboBox,
                   3: self.ui.referenceInfectionComboBox}
-        return {value: [combo.currentText] for value, combo in combos.items() if combo.currentText != NO_SEGMENT}
+        mapping = {value: [combo.currentText] for value, combo in combos.items() if combo.currentText != NO_SEGMENT}
+        reference = self._parameterNode.referenceSegmentation
+        classes = CovidSegLogic.default_mapping(reference) if reference else {}
+        mapping.update({value: ids for value, ids in classes.items() if value in (GGO, CONSOLIDATION)})
+        return mapping
 
     def onCompareButton(self) -> None:
         node = self._parameterNode
@@ -246,13 +253,17 @@ class CovidSegTest(ScriptedLoadableModuleTest):
         self.assertEqual(fractions[-1], 1.0)
         names = [segmentation.GetSegmentation().GetNthSegment(i).GetName()
                  for i in range(segmentation.GetSegmentation().GetNumberOfSegments())]
-        self.assertEqual(names, [info.name for info in logic.segment_labels()])
+        from CovidSegLib.labels import SPLIT_OUTPUT_LABELS
+
+        # the bundled card splits infection into ground-glass opacity and consolidation
+        self.assertEqual(names, [info.name for info in SPLIT_OUTPUT_LABELS])
         lungs = sum(logic.segment_mask(segmentation, key, volume).sum() for key in ("left_lung", "right_lung"))
         lung_ml = lungs * np.prod(volume.GetSpacing()) / 1000
         self.assertGreater(lung_ml, 2000)
         self.assertLess(lung_ml, 9000)
         table, result = logic.quantify(segmentation, volume)
-        self.assertEqual(table.GetNumberOfRows(), 5 if result.ggo_ml is not None else 3)
+        if result.total.infection_ml > 0:  # each lung, both lungs, then the infection's two classes
+            self.assertEqual(table.GetNumberOfRows(), 5)
         self.assertIn(result.severity, ("CT-0", "CT-1", "CT-2", "CT-3", "CT-4"))
         comparison = logic.compare(segmentation, segmentation, volume)
         self.assertAlmostEqual(comparison.GetTable().GetValue(2, 1).ToDouble(), 1.0)  # lungs vs itself

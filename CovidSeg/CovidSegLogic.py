@@ -15,7 +15,7 @@ from vtk.util import numpy_support
 
 import slicer
 
-from CovidSegLib.labels import LABELS, LabelInfo, labels_of, output_labels, slicer_terminology_string
+from CovidSegLib.labels import LABELS, LabelInfo, labels_of, present_values, slicer_terminology_string
 from CovidSegLib.volume import Geometry, Volume
 
 try:  # in the Slicer application
@@ -123,34 +123,28 @@ class CovidSegLogic(ScriptedLoadableModuleLogic):
         from CovidSegLib.plausibility import geometry_warnings
 
         volume = volume_from_node(volume_node)
-        labels = self.compute_labels(volume, device, model_path, intensity, progress, separate_infection)
+        result = self.compute(volume, device, model_path, intensity, progress, separate_infection)
         if segmentation_node is None:
             segmentation_node = self.scene.AddNewNodeByClass("vtkMRMLSegmentationNode",
                                                             f"{volume_node.GetName()} CovidSeg")
-        self.labels_to_segmentation(labels, volume_node, segmentation_node,
-                                    self.segment_labels(model_path, separate_infection))
-        no_lung = no_lung_note(labels, volume.geometry)
+        self.labels_to_segmentation(result.labels, volume_node, segmentation_node, result.label_infos)
+        no_lung = no_lung_note(result.labels, volume.geometry)
         found_nothing = [f"{no_lung}: check that the image is a chest CT"] if no_lung else []
         segmentation_node.SetAttribute(WARNINGS_ATTRIBUTE,
                                        WARNING_SEPARATOR.join(geometry_warnings(volume.geometry) + found_nothing))
         return segmentation_node
 
-    def compute_labels(self, volume: Volume, device: str = "auto", model_path: str | None = None,
-                       intensity: str = "hu", progress: ProgressCallback | None = None,
-                       separate_infection: bool = True) -> np.ndarray:
-        """The label map of ``volume`` (values of :meth:`segment_labels`): the slow part of :meth:`segment`, which
-        touches no MRML node, so a user interface can run it off its main thread and import the result there."""
+    def compute(self, volume: Volume, device: str = "auto", model_path: str | None = None, intensity: str = "hu",
+                progress: ProgressCallback | None = None, separate_infection: bool = True):
+        """The engine's result for ``volume`` (labels and the segments they need, ``label_infos``): the slow part
+        of :meth:`segment`, which touches no MRML node, so a user interface can run it off its main thread and
+        import the result there with :meth:`labels_to_segmentation`."""
         from CovidSegLib.inference import segment_volume
         from CovidSegLib.intensity import prepare_ct
 
         volume = prepare_ct(volume, intensity)
         return segment_volume(volume, self.model(model_path), device=device, progress=progress,
-                              separate_infection=separate_infection).labels
-
-    def segment_labels(self, model_path: str | None = None, separate_infection: bool = True
-                       ) -> tuple[LabelInfo, ...]:
-        """The segments a segmentation with this model holds (GGO and consolidation only if its card has a rule)."""
-        return output_labels(separate_infection and self.model(model_path).card.split_rule() is not None)
+                              separate_infection=separate_infection)
 
     @staticmethod
     def warnings(node) -> list[str]:
@@ -169,6 +163,10 @@ class CovidSegLogic(ScriptedLoadableModuleLogic):
             if segmentation.GetSegment(info.key) is not None:
                 segmentation.RemoveSegment(info.key)
         label_infos = labels_of(labels) if label_infos is None else label_infos
+        left_out = present_values(labels) - {0} - {info.value for info in label_infos}
+        if left_out:
+            raise ValueError(f"labels hold values {sorted(left_out)} that no segment of "
+                             f"{[info.name for info in label_infos]} takes")
         segment_ids = vtk.vtkStringArray()
         for info in label_infos:
             segmentation.AddEmptySegment(info.key, info.name, list(info.color))

@@ -291,7 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     segment = commands.add_parser(
         "segment", help="segment lungs (left, right) and infection in a CT, a DICOM folder, or a folder of CTs",
-        description="Writes a label map on the input's exact grid: 1 left lung, 2 right lung, 3 infection.",
+        description="Writes a label map on the input's exact grid: 1 left lung, 2 right lung, and the infection as "
+        "4 ground-glass opacity and 5 consolidation (told apart by density, when the model card has the rule), "
+        "or as 3 infection (--merge-infection, or a card without the rule).",
     )
     segment.add_argument("ct", help="CT file, DICOM series folder, or a folder of CT files / DICOM subfolders")
     segment.add_argument("-o", "--output", required=True,
@@ -377,11 +379,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="what the reference's labels mean, e.g. '5=right_lung,6=left_lung', 'right lung=right_lung' "
         "(segment names), '10+11=left_lung,12+13+14=right_lung', or a preset: covidseg, covid19-ct-seg-lungs, "
         "covid19-ct-seg-infection, slicer-ctchest, totalseg-lobes. Default: segment names for .seg.nrrd, "
-        "CovidSeg values (1 left lung, 2 right lung, 3 infection) otherwise",
+        "CovidSeg values (1 left lung, 2 right lung, 3 infection, 4 GGO, 5 consolidation) otherwise",
     )
     evaluate.add_argument("--pred-map", metavar="SPEC", help="the same for the prediction")
     evaluate.add_argument(
-        "--nsd-tolerance", metavar="SPEC", help="NSD tolerances in mm, default 'lungs=1,infection=3'"
+        "--nsd-tolerance", metavar="SPEC", help="NSD tolerances in mm, default 'lungs=1,infection=3' (infection's "
+        "also sets its classes, ggo and consolidation)"
     )
     evaluate.add_argument(
         "-o", "--out-dir", default="covidseg-evaluation", help="folder for metrics.csv and metrics.json"

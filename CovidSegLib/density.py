@@ -64,7 +64,7 @@ def split_infection(labels: np.ndarray, hu: np.ndarray, pixel_mm: tuple[float, f
         raise ValueError(f"labels {labels.shape} and HU {hu.shape} are not on one grid")
     split = labels.copy()
     volume_labels, volume_hu, volume_split = (a[None] if a.ndim == 2 else a for a in (labels, hu, split))
-    margin = int(np.ceil(3 * rule.smoothing_mm / min(pixel_mm)))
+    margin = int(np.ceil(4 * rule.smoothing_mm / min(pixel_mm)))  # the Gaussian's reach (scipy truncates at 4 sigma)
     for k in np.flatnonzero((volume_labels == INFECTION).any(axis=(1, 2))):
         infection = volume_labels[k] == INFECTION
         box = _bounding_box(infection, margin)

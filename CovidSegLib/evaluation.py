@@ -114,8 +114,9 @@ STRUCTURES: Mapping[str, tuple[int, ...]] = {
     "lungs": (LEFT_LUNG, RIGHT_LUNG),
     "infection": (INFECTION,) + tuple(v for v in INFECTION_VALUES if v != INFECTION),
 }
-#: The infection's two classes, reported too when both prediction and reference hold some of either: a label
-#: map with infection as one label (3) says nothing about them.
+#: The infection's two classes, reported too when the reference holds some of either and the prediction tells
+#: them apart (it holds some of either, or no single-label infection): a label map with infection as one label
+#: (3) says nothing about them, and a split prediction that found no infection scores 0 on them.
 CLASS_STRUCTURES: Mapping[str, tuple[int, ...]] = {"ggo": (GGO,), "consolidation": (CONSOLIDATION,)}
 
 
@@ -137,12 +138,13 @@ def structures_of(results: Sequence["CaseResult"]) -> list[str]:
 
 
 def parse_tolerances(spec: str) -> dict[str, float]:
-    """``"lungs=1,infection=3"``: ``lungs`` sets all three lung structures."""
+    """``"lungs=1,infection=3"``: ``lungs`` sets all three lung structures, ``infection`` its two classes too."""
     tolerances = default_tolerances()
+    groups = {"lungs": ["left_lung", "right_lung", "lungs"], "infection": ["infection", *CLASS_STRUCTURES]}
     for entry in filter(None, (part.strip() for part in spec.split(","))):
         name, _, value = entry.partition("=")
         name = name.strip().lower()
-        names = ["left_lung", "right_lung", "lungs"] if name == "lungs" else [name]
+        names = groups.get(name, [name])
         if not set(names) <= set(tolerances):
             raise ValueError(f"unknown structure {name!r} in tolerances; use lungs, left_lung, right_lung, infection, "
                              "ggo, consolidation")
@@ -170,7 +172,7 @@ def compare_masks(
     tolerances: Mapping[str, float] | None = None,
 ) -> dict[str, StructureMetrics]:
     """Metrics of every structure in :data:`STRUCTURES` from per-label masks on one grid, and of ground-glass
-    opacity and consolidation (:data:`CLASS_STRUCTURES`) when both sides hold some of either.
+    opacity and consolidation (:data:`CLASS_STRUCTURES`) when the reference has them and the prediction splits.
 
     ``predicted`` and ``referenced`` map CovidSeg label values to boolean masks ``[k, j, i]`` on ``geometry``;
     absent labels are empty. Shared by ``covidseg evaluate`` and the Slicer module's Compare.
@@ -186,11 +188,12 @@ def compare_masks(
                 result |= masks[value]
         return result
 
-    def has_classes(masks: Mapping[int, np.ndarray]) -> bool:
-        return any(masks[value].any() for value in (GGO, CONSOLIDATION) if value in masks)
+    def holds(masks: Mapping[int, np.ndarray], values: Sequence[int]) -> bool:
+        return any(masks[value].any() for value in values if value in masks)
 
     structures = dict(STRUCTURES)
-    if has_classes(predicted) and has_classes(referenced):
+    prediction_splits = holds(predicted, (GGO, CONSOLIDATION)) or not holds(predicted, (INFECTION,))
+    if holds(referenced, (GGO, CONSOLIDATION)) and prediction_splits:
         structures.update(CLASS_STRUCTURES)
     return {
         name: structure_metrics(union(predicted, values), union(referenced, values), spacing_kji, tolerances[name])

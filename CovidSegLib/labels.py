@@ -54,8 +54,8 @@ LUNG = Code("SCT", "39607008", "Lung")
 LEFT = Code("SCT", "7771000", "Left")
 RIGHT = Code("SCT", "24028007", "Right")
 
-#: Labels the bundled model produces (1-3) and the finer infection classes (4-5) reserved for models that
-#: separate ground-glass opacity from consolidation.
+#: The lungs (1-2), infection as one label (3), and its two classes (4-5) that the engine writes when the model
+#: card has a density rule for them (CovidSegLib.density).
 LABELS: tuple[LabelInfo, ...] = (
     LabelInfo(LEFT_LUNG, "left_lung", "Left lung", (0.33, 0.60, 0.86), ANATOMICAL_STRUCTURE, LUNG, LEFT),
     LabelInfo(RIGHT_LUNG, "right_lung", "Right lung", (0.30, 0.74, 0.46), ANATOMICAL_STRUCTURE, LUNG, RIGHT),

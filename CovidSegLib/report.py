@@ -2,7 +2,8 @@
 
 Pictures are drawn in the canonical orientation (radiological convention: patient right on the image's left,
 anterior up in axial views, superior up in coronal and sagittal ones) with the voxel spacing as aspect ratio,
-lung window, left lung blue, right lung green, infection red. Everything is written atomically; nothing is ever
+lung window, each label in its scheme colour (left lung blue, right lung green, infection red, ground-glass
+opacity yellow, consolidation purple). Everything is written atomically; nothing is ever
 written over the CT or the labels it reports on.
 """
 

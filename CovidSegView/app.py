@@ -1,7 +1,8 @@
 """``covidseg view``: CovidSeg in a web browser, on Slicer's core (trame-slicer).
 
 Open a CT file or DICOM folder, Segment (progress, Cancel; the network runs on a worker thread so the page stays
-live), see Left lung / Right lung / Infection in Slicer's slice and 3D views, set their visibility and opacity,
+live), see Left lung / Right lung / Ground-glass opacity / Consolidation (Infection, with a model card that keeps
+it whole) in Slicer's slice and 3D views, set their visibility and opacity,
 Compare with a reference, Quantify, and save ``.seg.nrrd`` and the report. Every computation is the module Logic's
 or CovidSegLib's (through :class:`CovidSegView.scene.CaseScene`); this file is the page and its wiring. The server
 listens on 127.0.0.1 unless told otherwise, reads only the paths typed into it and loads nothing from the internet.
@@ -19,7 +20,7 @@ from typing import Callable, Sequence
 import trame_slicer.views  # noqa: F401  (fails here, as ImportError, where the view extra is missing)
 
 from CovidSegLib.errors import Cancelled, CovidSegError
-from CovidSegLib.labels import LABELS, LabelInfo, labels_of
+from CovidSegLib.labels import LABELS, LabelInfo
 
 from .render import offscreen_rendering_problem, without_multisampling
 from .scene import DEFAULT_OPACITY, CaseScene, Table
@@ -132,21 +133,21 @@ class ViewerApp:
         with self.state:
             self.state.busy, self.state.progress, self.state.error = True, 0, ""
             self.state.status = "Segmenting..."
-        job = asyncio.get_running_loop().run_in_executor(self._executor, self.case.compute_labels, self._progress)
+        job = asyncio.get_running_loop().run_in_executor(self._executor, self.case.compute, self._progress)
         while not job.done():  # ends with the job: done, failed or cancelled
             with self.state:
                 self.state.progress = round(100 * self._fraction)
             await asyncio.wait([job], timeout=0.25)
         try:
-            labels = job.result()
-            self.case.show_labels(labels)  # here, on the thread that owns the scene and the views
+            result = job.result()
+            self.case.show_labels(result.labels, result.label_infos)  # on the thread that owns the views
         except Cancelled:
             self._finish_segment("Cancelled; nothing was changed.")
         except Exception as error:  # noqa: BLE001 - whatever failed, the page must leave its busy state
             traceback.print_exc()
             self._finish_segment("Segmentation failed.", str(error))
         else:
-            shown = labels_of(labels)
+            shown = result.label_infos
             self._finish_segment(f"Segmented: {', '.join(info.name for info in shown)} are shown. Quantify, "
                                  "Compare or Save.", shown=shown)
 

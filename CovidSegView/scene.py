@@ -126,24 +126,27 @@ class CaseScene:
         return self.segmentation_node
 
     # ---- segment ---------------------------------------------------------------------------------------------
-    def compute_labels(self, progress: ProgressCallback | None = None) -> np.ndarray:
-        """The slow part (the network), touching no MRML node: safe on a worker thread."""
-        return self.logic.compute_labels(self.require_ct(), self.device, self.model_path, progress=progress)
+    def compute(self, progress: ProgressCallback | None = None):
+        """The slow part (the network), touching no MRML node: safe on a worker thread. Returns the engine's
+        result: the labels and the segments they need."""
+        return self.logic.compute(self.require_ct(), self.device, self.model_path, progress=progress)
 
-    def show_labels(self, labels: np.ndarray):
-        """Put a label map into the case's segmentation node (the Logic's segments, names and colours), shown
-        filled in the slice views and as surfaces in 3D. Call on the thread that owns the views."""
+    def show_labels(self, labels: np.ndarray, label_infos=None):
+        """Put a label map into the case's segmentation node (the Logic's segments, names and colours; those of
+        ``label_infos``, by default the ones the labels need), shown filled in the slice views and as surfaces in
+        3D. Call on the thread that owns the views."""
         if self.segmentation_node is None:
             self.segmentation_node = self.scene.AddNewNodeByClass("vtkMRMLSegmentationNode",
                                                                   f"{self.volume_node.GetName()} CovidSeg")
-        self.logic.labels_to_segmentation(labels, self.volume_node, self.segmentation_node)
+        self.logic.labels_to_segmentation(labels, self.volume_node, self.segmentation_node, label_infos)
         self.set_opacity(self.opacity)
         self.app.display_manager.reset_views()
         return self.segmentation_node
 
     def segment(self, progress: ProgressCallback | None = None):
         """Both steps on the calling thread (tests, scripts)."""
-        return self.show_labels(self.compute_labels(progress))
+        result = self.compute(progress)
+        return self.show_labels(result.labels, result.label_infos)
 
     # ---- display ---------------------------------------------------------------------------------------------
     def set_opacity(self, opacity: float) -> None:

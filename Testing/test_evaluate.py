@@ -152,7 +152,8 @@ def test_outputs_never_overwrite_inputs_and_bad_options_exit_2(reference, tmp_pa
 def test_ground_glass_and_consolidation_are_scored_when_both_sides_hold_them(reference, tmp_path: Path) -> None:
     """On CTChest's expert lungs with a lesion drawn in the right lung: a prediction that calls part of the
     reference's consolidation ground glass gets hand-checked per-class Dice, the infection scored as their union;
-    against a reference with infection as one label (3) no class is scored."""
+    one that found nothing scores 0 on each class; against a reference with infection as one label (3) no class
+    is scored."""
     layer = reference.layers[0]
     base = np.where(layer == 6, 1, np.where(layer == 5, 2, 0)).astype(np.uint8)
     lesion = np.zeros(layer.shape, bool)
@@ -173,6 +174,11 @@ def test_ground_glass_and_consolidation_are_scored_when_both_sides_hold_them(ref
     assert metrics["consolidation"].dice == pytest.approx(_dice(moved, dense))
     assert metrics["ggo"].dice == pytest.approx(_dice(lesion & ~moved, lesion & ~dense))
     assert 0.3 < metrics["consolidation"].dice < 0.95
+
+    # a prediction that found no infection at all scores 0 on the reference's classes, not "not scored"
+    nothing_path = write_label_map(base, reference.geometry, tmp_path / "nothing.nii.gz")
+    missed = evaluate_case(nothing_path, truth_path).metrics
+    assert missed["ggo"].dice == missed["consolidation"].dice == missed["infection"].dice == 0.0
 
     merged = base.copy()
     merged[lesion] = 3

@@ -175,3 +175,17 @@ def test_unusual_geometry_is_a_warning_on_the_nodes_and_impossible_geometry_an_e
     volume.SetSpacing(pixel, pixel, 100.0)
     with pytest.raises(InputError, match="ctchest4.nrrd: slice spacing 100 mm is impossible for a chest CT"):
         logic.segment(volume, model_path=logic_model)
+
+
+def test_labels_no_segment_takes_are_refused_not_dropped(scene, volumes: Path) -> None:
+    """Importing labels into segments that cannot hold them (consolidation into the three-label scheme) would
+    lose those voxels without a word: it is an error."""
+    volume = load_volume(scene, volumes / "ctchest4.nrrd")
+    labels = np.zeros(slicer.util.arrayFromVolume(volume).shape, np.uint8)
+    labels[10, 50:60, 50:60] = 5
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "target")
+    with pytest.raises(ValueError, match=r"values \[5\] that no segment"):
+        CovidSegLogic(scene).labels_to_segmentation(labels, volume, node, OUTPUT_LABELS)
+    CovidSegLogic(scene).labels_to_segmentation(labels, volume, node)  # by default: the segments they need
+    segmentation = node.GetSegmentation()
+    assert segmentation.GetSegment("consolidation") is not None and segmentation.GetSegment("infection") is None

@@ -188,6 +188,13 @@ def test_a_second_cross_validation_stage_starts_from_each_folds_own_first_stage(
         first = load_model(tmp_path / "stage1" / f"fold-{fold}" / "tiny.json").network.state_dict()
         second = load_model(tmp_path / "stage2" / f"fold-{fold}" / "tiny.json").network.state_dict()
         assert all(torch.equal(first[k], v) for k, v in second.items() if "running" not in k and "num_batches" not in k)
+    # one fold per run (as torchrun or "fold": k runs it) finds its own fold's first stage too
+    single = train(_config(slices, tmp_path / "single", medseg=None, folds=2, fold=1, epochs=1, max_steps_per_epoch=2,
+                           select_best=False, learning_rate=0.0,
+                           init_model=str(tmp_path / "stage1" / "fold-{fold}" / "tiny.json")), log=lambda *_: None)
+    first = load_model(tmp_path / "stage1" / "fold-1" / "tiny.json").network.state_dict()
+    assert all(torch.equal(first[k], v) for k, v in load_model(single).network.state_dict().items()
+               if "running" not in k and "num_batches" not in k)
     other = load_model(tmp_path / "stage1" / "fold-1" / "tiny.json").network.state_dict()
     second = load_model(tmp_path / "stage2" / "fold-0" / "tiny.json").network.state_dict()
     assert not all(torch.equal(other[k], v) for k, v in second.items())

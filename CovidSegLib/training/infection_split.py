@@ -113,8 +113,8 @@ def measure(card_path: Path, medseg: Path) -> tuple[InfectionSplit, dict]:
         "chosen_on": f"MedSeg medseg_train ({len(slices)} slices), 8-bit values mapped back to the window "
                      f"{list(window)} HU, pixels taken as {MEDSEG_PIXEL_MM} mm; the rule with the best mean of GGO "
                      f"and consolidation Dice among {len(THRESHOLDS_HU)} thresholds x {len(SMOOTHING_MM)} smoothings",
-        "cross_validation": f"{FOLDS} blocks of consecutive slices (no patient ids); the rule chosen on 4 blocks "
-                            "scored on the fifth, pooled",
+        "cross_validation": f"{FOLDS} blocks of consecutive slices (no patient ids); the rule chosen on the other "
+                            f"{FOLDS - 1} blocks scored on each, pooled",
         "scores": results,
     }
     return chosen, entry

@@ -213,7 +213,7 @@ def train(config: TrainConfig, log=print) -> Path:
     log(f"training on {len(train_set.names)} slices, validating on {len(validation.names)} ({how}); "
         f"{dist.describe()}")
 
-    network = load_model(Path(config.init_model).expanduser()).network if config.init_model else \
+    network = load_model(Path(fold_init_model(config)).expanduser()).network if config.init_model else \
         build_network(make_card(config))
     if config.freeze_encoder:
         for parameter in network.encoder.parameters():
@@ -326,6 +326,16 @@ def describe_data(config: TrainConfig, train_set: SliceSet, how: str) -> str:
     return f"{' + '.join(sources)} ({len(train_set.names)} slices); {how}"
 
 
+def fold_init_model(config: TrainConfig) -> str | None:
+    """``init_model`` with ``{fold}`` naming this run's fold (a k-fold second stage, one fold per run or all of
+    them under :func:`cross_validate`)."""
+    if config.init_model and "{fold}" in config.init_model:
+        if not config.folds:
+            raise ValueError(f"init_model {config.init_model} names a fold, but the configuration has no folds")
+        return config.init_model.replace("{fold}", str(config.fold))
+    return config.init_model
+
+
 def cross_validate(config: TrainConfig, log=print) -> Path:
     """Train every fold into ``out_dir/fold-K`` (each resumable) and write ``cross_validation.json``:
     per-fold validation Dice at the best epoch, and mean and sd over folds."""
@@ -339,8 +349,7 @@ def cross_validate(config: TrainConfig, log=print) -> Path:
     out_dir = Path(config.out_dir).expanduser()
     per_fold = []
     for fold in range(config.folds):
-        fold_config = replace(config, fold=fold, out_dir=str(out_dir / f"fold-{fold}"),
-                              init_model=config.init_model.format(fold=fold) if config.init_model else None)
+        fold_config = replace(config, fold=fold, out_dir=str(out_dir / f"fold-{fold}"))
         card_path = train(fold_config, log=lambda message, fold=fold: log(f"[fold {fold}] {message}"))
         per_fold.append(json.loads(card_path.read_text(encoding="utf-8"))["scores"]["validation_pooled_dice"])
     summary = {"folds": config.folds, "fold_seed": config.fold_seed, "seed": config.seed,
