@@ -4,8 +4,9 @@ Why density and not the network: the network sees the corpus' CLAHE representati
 locally and so erases the absolute density that tells the two apart. Measured on the 50 MedSeg slices with
 expert GGO / consolidation masks: inside the expert infection, a 3x3 convolution on the network's last decoder
 features finds consolidation with Dice 0.12 (5-fold cross-validation), one on the CLAHE image with 0.22, and a
-threshold on density with 0.64 to 0.67. Radiologists tell them apart the same way: consolidation hides the
-vessels, ground glass does not, and quantitative CT papers draw the line between about -500 and -300 HU.
+threshold on density with 0.64 to 0.67. The radiological definitions are about density too (consolidation is
+dense enough to hide the vessels, ground glass is not), and quantitative CT papers draw the line between about
+-500 and -300 HU.
 
 The rule (which HU, how much in-plane smoothing against noise) lives in the model card, where
 ``python -m CovidSegLib.training.infection_split`` writes it with its cross-validated figures. Only voxels the
