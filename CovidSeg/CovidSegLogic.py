@@ -275,7 +275,8 @@ class CovidSegLogic(ScriptedLoadableModuleLogic):
 
     # ---- quantify ----------------------------------------------------------------------------------------
     def quantify(self, segmentation_node, volume_node, table_node=None):
-        """Lung and infection volumes, % involved per lung, mean HU and the severity estimate into a table."""
+        """Lung and infection volumes (and of ground-glass opacity and consolidation, when the segments tell
+        them apart), % involved per lung, mean HU and the severity estimate into a table."""
         from CovidSegLib.quantification import quantify
 
         labels = self.label_map(segmentation_node, volume_node)
@@ -283,13 +284,13 @@ class CovidSegLogic(ScriptedLoadableModuleLogic):
         result = quantify(labels, geometry_from_volume_node(volume_node), hu)
         header = ["Region", "Volume (mL)", "Infection (mL)", "Involvement (%)", "Healthy lung mean HU",
                   "Infection mean HU"]
+        regions = (("Left lung", result.left), ("Right lung", result.right), ("Both lungs", result.total))
         rows = [[name, f.volume_ml, f.infection_ml, f.involvement_percent, f.healthy_mean_hu, f.infection_mean_hu]
-                for name, f in (("Left lung", result.left), ("Right lung", result.right),
-                                ("Both lungs", result.total))]
-        if result.ggo_ml is not None:  # the infection's two classes: their volumes, the rest does not apply
-            nan = float("nan")
-            rows += [[name, nan, ml, nan, nan, nan] for name, ml in (
-                ("Ground-glass opacity", result.ggo_ml), ("Consolidation", result.consolidation_ml))]
+                for name, f in regions]
+        if result.ggo_ml is not None:  # the infection's two classes, when the labels tell them apart
+            header[3:3] = ["Ground-glass opacity (mL)", "Consolidation (mL)"]
+            for row, (_, f) in zip(rows, regions):
+                row[3:3] = [f.ggo_ml, f.consolidation_ml]
         table = self._fill_table(table_node, "CovidSeg quantification", header, rows)
         table.SetAttribute("CovidSeg.Severity", result.severity)
         table.SetAttribute("CovidSeg.SeverityNote", result.severity_note)

@@ -33,6 +33,8 @@ class LungFigures:
     involvement_percent: float
     healthy_mean_hu: float
     infection_mean_hu: float
+    ggo_ml: float | None = None  # the infection's classes, when the labels tell them apart (4 and 5)
+    consolidation_ml: float | None = None
 
 
 @dataclass
@@ -78,19 +80,25 @@ def attribute_infection(labels: np.ndarray, geometry: Geometry) -> np.ndarray:
     return sides
 
 
-def _figures(in_lung: np.ndarray, infected: np.ndarray, hu: np.ndarray | None, voxel_ml: float) -> LungFigures:
+def _figures(in_lung: np.ndarray, infected: np.ndarray, hu: np.ndarray | None, voxel_ml: float,
+             classes: tuple[np.ndarray, np.ndarray] | None = None) -> LungFigures:
+    """One region's figures; ``classes``: the GGO and consolidation masks, when the labels have them."""
     lung_voxels = int(np.count_nonzero(in_lung))
     infected_voxels = int(np.count_nonzero(infected & in_lung))
 
     def mean_hu(mask: np.ndarray) -> float:
         return float(hu[mask].mean()) if hu is not None and mask.any() else math.nan
 
+    ggo_ml, consolidation_ml = ((np.count_nonzero(mask & in_lung) * voxel_ml for mask in classes) if classes
+                                else (None, None))
     return LungFigures(
         volume_ml=lung_voxels * voxel_ml,
         infection_ml=infected_voxels * voxel_ml,
         involvement_percent=100.0 * infected_voxels / lung_voxels if lung_voxels else math.nan,
         healthy_mean_hu=mean_hu(in_lung & ~infected),
         infection_mean_hu=mean_hu(in_lung & infected),
+        ggo_ml=ggo_ml,
+        consolidation_ml=consolidation_ml,
     )
 
 
@@ -101,10 +109,11 @@ def quantify(labels: np.ndarray, geometry: Geometry, hu: np.ndarray | None = Non
     voxel_ml = geometry.voxel_volume_ml
     sides = attribute_infection(labels, geometry)
     infected = np.isin(labels, INFECTION_VALUES)
-    left = _figures(sides == LEFT_LUNG, infected, hu, voxel_ml)
-    right = _figures(sides == RIGHT_LUNG, infected, hu, voxel_ml)
-    total = _figures(sides > 0, infected, hu, voxel_ml)
     has_fine_classes = bool(np.isin(labels, (GGO, CONSOLIDATION)).any())
+    classes = (labels == GGO, labels == CONSOLIDATION) if has_fine_classes else None
+    left = _figures(sides == LEFT_LUNG, infected, hu, voxel_ml, classes)
+    right = _figures(sides == RIGHT_LUNG, infected, hu, voxel_ml, classes)
+    total = _figures(sides > 0, infected, hu, voxel_ml, classes)
     warnings = geometry_warnings(geometry)
     low, high = PLAUSIBLE_TOTAL_LUNG_ML
     no_lung = no_lung_finding(total.volume_ml)
@@ -123,7 +132,7 @@ def quantify(labels: np.ndarray, geometry: Geometry, hu: np.ndarray | None = Non
         total=total,
         bilateral=left.infection_ml > 0 and right.infection_ml > 0,
         severity=severity_category(total.involvement_percent),
-        ggo_ml=float(np.count_nonzero(labels == GGO)) * voxel_ml if has_fine_classes else None,
-        consolidation_ml=float(np.count_nonzero(labels == CONSOLIDATION)) * voxel_ml if has_fine_classes else None,
+        ggo_ml=total.ggo_ml,
+        consolidation_ml=total.consolidation_ml,
         warnings=warnings,
     )

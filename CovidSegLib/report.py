@@ -37,7 +37,8 @@ CSV_COLUMNS = (
     "case", "status", "severity", "involvement_percent", "bilateral", "lungs_ml", "infection_ml",
     "left_lung_ml", "left_infection_ml", "left_involvement_percent",
     "right_lung_ml", "right_infection_ml", "right_involvement_percent",
-    "healthy_lung_mean_hu", "infection_mean_hu", "ggo_ml", "consolidation_ml", "warnings",
+    "healthy_lung_mean_hu", "infection_mean_hu", "ggo_ml", "consolidation_ml",
+    "left_ggo_ml", "left_consolidation_ml", "right_ggo_ml", "right_consolidation_ml", "warnings",
 )
 
 
@@ -55,6 +56,8 @@ def csv_row(case: str, result: Quantification | None, error: str | None = None) 
         "right_involvement_percent": result.right.involvement_percent,
         "healthy_lung_mean_hu": result.total.healthy_mean_hu, "infection_mean_hu": result.total.infection_mean_hu,
         "ggo_ml": result.ggo_ml, "consolidation_ml": result.consolidation_ml,
+        "left_ggo_ml": result.left.ggo_ml, "left_consolidation_ml": result.left.consolidation_ml,
+        "right_ggo_ml": result.right.ggo_ml, "right_consolidation_ml": result.right.consolidation_ml,
         "warnings": " | ".join(result.warnings),
     }
 
@@ -216,16 +219,19 @@ def _html(case: str, result: Quantification, pictures: dict[str, bytes], sources
     def number(value: float, digits: int = 1) -> str:
         return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
+    split = result.ggo_ml is not None  # the labels tell ground-glass opacity from consolidation
+
+    def classes(f) -> str:
+        return f"<td>{number(f.ggo_ml)}</td><td>{number(f.consolidation_ml)}</td>" if split else ""
+
     rows = "".join(
-        f"<tr><th>{name}</th><td>{number(f.volume_ml, 0)}</td><td>{number(f.infection_ml)}</td>"
+        f"<tr><th>{name}</th><td>{number(f.volume_ml, 0)}</td><td>{number(f.infection_ml)}</td>{classes(f)}"
         f"<td>{number(f.involvement_percent)}</td><td>{number(f.healthy_mean_hu, 0)}</td>"
         f"<td>{number(f.infection_mean_hu, 0)}</td></tr>"
         for name, f in (("Left lung", result.left), ("Right lung", result.right), ("Both lungs", result.total)))
+    class_headers = "<th>Ground-glass opacity (mL)</th><th>Consolidation (mL)</th>" if split else ""
     warnings = "".join(f"<li>{html.escape(w)}</li>" for w in result.warnings)
-    classes = (f'<p id="infection-classes">Of the infection in both lungs: ground-glass opacity '
-               f"{number(result.ggo_ml)} mL, consolidation {number(result.consolidation_ml)} mL (told apart by "
-               f"density; see the model card).</p>" if result.ggo_ml is not None else "")
-    legend = ("ground-glass opacity yellow, consolidation purple" if result.ggo_ml is not None else "infection red")
+    legend = "ground-glass opacity yellow, consolidation purple" if split else "infection red"
     images = "".join(
         f'<figure><img alt="{name[:-4]}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
         f"<figcaption>{name[:-4]}</figcaption></figure>" for name, data in pictures.items())
@@ -242,9 +248,8 @@ both lungs involved{", bilateral" if result.bilateral else ""}.</p>
 <p class="note">{html.escape(result.severity_note)}. Categories (MosMedData): CT-0 no involvement, CT-1 under 25%,
 CT-2 25% to under 50%, CT-3 50% to 75%, CT-4 over 75%.</p>
 {f'<p class="note" id="false-infection">{html.escape(floor_note)}</p>' if floor_note else ""}
-<table id="figures"><tr><th>Region</th><th>Volume (mL)</th><th>Infection (mL)</th><th>Involvement (%)</th>
-<th>Healthy lung mean HU</th><th>Infection mean HU</th></tr>{rows}</table>
-{classes}
+<table id="figures"><tr><th>Region</th><th>Volume (mL)</th><th>Infection (mL)</th>{class_headers}
+<th>Involvement (%)</th><th>Healthy lung mean HU</th><th>Infection mean HU</th></tr>{rows}</table>
 {f"<h2>Warnings</h2><ul>{warnings}</ul>" if warnings else ""}
 <h2>Pictures</h2><p>Left lung blue, right lung green, {legend}; patient right on the image's left.</p>{images}
 <h2>Sources</h2><ul>{source_lines}<li>CovidSeg {__version__}</li></ul></body></html>

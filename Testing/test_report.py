@@ -133,14 +133,18 @@ def test_ggo_and_consolidation_in_a_label_file_reach_the_report(volumes: Path, t
     assert result.ggo_ml == pytest.approx(800 * voxel_ml)
     assert result.consolidation_ml == pytest.approx(400 * voxel_ml)
     assert result.total.infection_ml == pytest.approx(1200 * voxel_ml)
+    assert result.right.ggo_ml == result.ggo_ml and result.left.ggo_ml == 0  # the lesion lies in the right lung
+    assert result.right.consolidation_ml == result.consolidation_ml
     page = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
-    assert f"ground-glass opacity {800 * voxel_ml:.1f} mL, consolidation {400 * voxel_ml:.1f} mL" in page
+    assert "<th>Ground-glass opacity (mL)</th><th>Consolidation (mL)</th>" in page
+    assert f"<td>{800 * voxel_ml:.1f}</td><td>{400 * voxel_ml:.1f}</td>" in page
     import csv
 
     with (tmp_path / "out" / "case.csv").open(encoding="utf-8") as handle:
         row = next(csv.DictReader(handle))
-    assert float(row["ggo_ml"]) == pytest.approx(800 * voxel_ml)
+    assert float(row["ggo_ml"]) == float(row["right_ggo_ml"]) == pytest.approx(800 * voxel_ml)
     assert float(row["consolidation_ml"]) == pytest.approx(400 * voxel_ml)
+    assert float(row["left_consolidation_ml"]) == 0
 
 
 def test_pictures_cut_through_the_disease(reported) -> None:

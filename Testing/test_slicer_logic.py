@@ -133,10 +133,14 @@ def test_quantify_volumes_match_voxel_counts(scene, volumes: Path, logic_model: 
     total_ml = (left.sum() + right.sum() + infection.sum()) * voxel_ml
     assert table.GetTable().GetValue(2, 1).ToDouble() == pytest.approx(total_ml)
     assert table.GetTable().GetValue(2, 2).ToDouble() == pytest.approx(infection.sum() * voxel_ml)
-    rows = {table.GetTable().GetValue(r, 0).ToString(): r for r in range(table.GetNumberOfRows())}
-    assert table.GetTable().GetValue(rows["Ground-glass opacity"], 2).ToDouble() == pytest.approx(ggo.sum() * voxel_ml)
-    assert table.GetTable().GetValue(rows["Consolidation"], 2).ToDouble() == pytest.approx(
+    columns = {table.GetTable().GetColumnName(c): c for c in range(table.GetTable().GetNumberOfColumns())}
+    both = table.GetTable().GetNumberOfRows() - 1
+    assert table.GetTable().GetValue(both, columns["Ground-glass opacity (mL)"]).ToDouble() == pytest.approx(
+        ggo.sum() * voxel_ml)
+    assert table.GetTable().GetValue(both, columns["Consolidation (mL)"]).ToDouble() == pytest.approx(
         consolidation.sum() * voxel_ml)
+    sides = [table.GetTable().GetValue(r, columns["Ground-glass opacity (mL)"]).ToDouble() for r in (0, 1)]
+    assert sum(sides) == pytest.approx(ggo.sum() * voxel_ml)  # each lung's share adds up
     assert table.GetAttribute("CovidSeg.Severity") == result.severity
     assert "automatic estimate" in table.GetAttribute("CovidSeg.SeverityNote")
 

@@ -264,10 +264,12 @@ def test_page_numbers_are_the_librarys(session: dict, volumes: Path) -> None:
     saved = session["saved"] / "ctchest4.seg.nrrd"
     ct = prepare_ct(read_volume(volumes / "ctchest4.nrrd"))
     result = quantify(labels_for_ct(saved, ct), ct.geometry, ct.array)
-    rows = {row[0]: row[1:] for row in session["quantify"][1:]}
+    header = session["quantify"][0]
+    rows = {row[0]: dict(zip(header, row)) for row in session["quantify"][1:]}
     for name, figures in (("Left lung", result.left), ("Right lung", result.right), ("Both lungs", result.total)):
-        assert float(rows[name][0]) == pytest.approx(figures.volume_ml, abs=0.006), name
-        assert float(rows[name][2]) == pytest.approx(figures.involvement_percent, abs=0.006), name
+        assert float(rows[name]["Volume (mL)"]) == pytest.approx(figures.volume_ml, abs=0.006), name
+        assert float(rows[name]["Involvement (%)"]) == pytest.approx(figures.involvement_percent, abs=0.006), name
+        assert float(rows[name]["Ground-glass opacity (mL)"]) == pytest.approx(figures.ggo_ml, abs=0.006), name
     assert result.severity in session["severity"]
     report = json.loads((session["saved"] / "ctchest4_report" / "report.json").read_text(encoding="utf-8"))
     assert report["severity"] == result.severity
