@@ -263,6 +263,9 @@ class CovidSegTest(ScriptedLoadableModuleTest):
         self.assertLess(lung_ml, 9000)
         table, result = logic.quantify(segmentation, volume)
         self.assertEqual(table.GetNumberOfRows(), 3)  # each lung, both lungs
+        if result.ggo_ml is not None:  # the infection's classes: two more columns
+            self.assertEqual(table.GetNumberOfColumns(), 8)
+            self.assertEqual(table.GetTable().GetColumnName(3), "Ground-glass opacity (mL)")
         self.assertIn(result.severity, ("CT-0", "CT-1", "CT-2", "CT-3", "CT-4"))
         comparison = logic.compare(segmentation, segmentation, volume)
         self.assertAlmostEqual(comparison.GetTable().GetValue(2, 1).ToDouble(), 1.0)  # lungs vs itself

@@ -33,7 +33,9 @@ class LungFigures:
     involvement_percent: float
     healthy_mean_hu: float
     infection_mean_hu: float
-    ggo_ml: float | None = None  # the infection's classes, when the labels tell them apart (4 and 5)
+    #: the infection's classes, when the labels tell them apart (4 and 5); a label map that also holds
+    #: unclassified infection (3) has infection_ml above their sum
+    ggo_ml: float | None = None
     consolidation_ml: float | None = None
 
 

@@ -250,6 +250,8 @@ CT-2 25% to under 50%, CT-3 50% to 75%, CT-4 over 75%.</p>
 {f'<p class="note" id="false-infection">{html.escape(floor_note)}</p>' if floor_note else ""}
 <table id="figures"><tr><th>Region</th><th>Volume (mL)</th><th>Infection (mL)</th>{class_headers}
 <th>Involvement (%)</th><th>Healthy lung mean HU</th><th>Infection mean HU</th></tr>{rows}</table>
+{'<p class="note" id="infection-classes">Ground-glass opacity and consolidation are told apart by density '
+ '(see the model card): read them as an estimate.</p>' if split else ""}
 {f"<h2>Warnings</h2><ul>{warnings}</ul>" if warnings else ""}
 <h2>Pictures</h2><p>Left lung blue, right lung green, {legend}; patient right on the image's left.</p>{images}
 <h2>Sources</h2><ul>{source_lines}<li>CovidSeg {__version__}</li></ul></body></html>

@@ -136,8 +136,16 @@ def test_ggo_and_consolidation_in_a_label_file_reach_the_report(volumes: Path, t
     assert result.right.ggo_ml == result.ggo_ml and result.left.ggo_ml == 0  # the lesion lies in the right lung
     assert result.right.consolidation_ml == result.consolidation_ml
     page = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
-    assert "<th>Ground-glass opacity (mL)</th><th>Consolidation (mL)</th>" in page
-    assert f"<td>{800 * voxel_ml:.1f}</td><td>{400 * voxel_ml:.1f}</td>" in page
+    import re
+
+    table = page[page.index('<table id="figures">'):page.index("</table>")]
+    header = re.findall(r"<th>([^<]*)</th>", table.split("</tr>")[0])
+    right_row = table.split("<th>Right lung</th>")[1].split("</tr>")[0]
+    row = dict(zip(header[1:], re.findall(r"<td>([^<]*)</td>", right_row)))
+    assert float(row["Ground-glass opacity (mL)"]) == pytest.approx(800 * voxel_ml, abs=0.05)
+    assert float(row["Consolidation (mL)"]) == pytest.approx(400 * voxel_ml, abs=0.05)
+    assert float(row["Infection (mL)"]) == pytest.approx(1200 * voxel_ml, abs=0.05)
+    assert 'id="infection-classes"' in page
     import csv
 
     with (tmp_path / "out" / "case.csv").open(encoding="utf-8") as handle:

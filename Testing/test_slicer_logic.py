@@ -139,8 +139,10 @@ def test_quantify_volumes_match_voxel_counts(scene, volumes: Path, logic_model: 
         ggo.sum() * voxel_ml)
     assert table.GetTable().GetValue(both, columns["Consolidation (mL)"]).ToDouble() == pytest.approx(
         consolidation.sum() * voxel_ml)
-    sides = [table.GetTable().GetValue(r, columns["Ground-glass opacity (mL)"]).ToDouble() for r in (0, 1)]
-    assert sum(sides) == pytest.approx(ggo.sum() * voxel_ml)  # each lung's share adds up
+    for row, side in ((0, result.left), (1, result.right)):  # each lung's own share, as CovidSegLib counts it
+        assert table.GetTable().GetValue(row, columns["Ground-glass opacity (mL)"]).ToDouble() == side.ggo_ml
+        assert table.GetTable().GetValue(row, columns["Consolidation (mL)"]).ToDouble() == side.consolidation_ml
+    assert result.left.ggo_ml + result.right.ggo_ml == pytest.approx(ggo.sum() * voxel_ml)
     assert table.GetAttribute("CovidSeg.Severity") == result.severity
     assert "automatic estimate" in table.GetAttribute("CovidSeg.SeverityNote")
 

@@ -108,6 +108,11 @@ def measure(card_path: Path, medseg: Path) -> tuple[InfectionSplit, dict]:
             chosen = rules[best_rule(rules, counts.sum(axis=0))]
             results[source]["all_slices_with_chosen_rule"] = class_dice(
                 counts[:, rules.index(chosen)].sum(axis=0))
+            # how much the threshold matters at the chosen smoothing (MedSeg's export window is a guess)
+            results[source]["all_slices_by_threshold_hu"] = {
+                f"{threshold:g}": class_dice(counts[:, rules.index(InfectionSplit(threshold, chosen.smoothing_mm))]
+                                             .sum(axis=0))
+                for threshold in THRESHOLDS_HU if threshold % 50 == 0 and -600 <= threshold <= -200}
     entry = {
         **chosen.card_entry(),
         "chosen_on": f"MedSeg medseg_train ({len(slices)} slices), 8-bit values mapped back to the window "
