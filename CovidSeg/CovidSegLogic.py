@@ -15,7 +15,7 @@ from vtk.util import numpy_support
 
 import slicer
 
-from CovidSegLib.labels import LABELS, LabelInfo, labels_of, present_values, slicer_terminology_string
+from CovidSegLib.labels import LABELS, LabelInfo, segments_for, slicer_terminology_string
 from CovidSegLib.volume import Geometry, Volume
 
 try:  # in the Slicer application
@@ -156,17 +156,13 @@ class CovidSegLogic(ScriptedLoadableModuleLogic):
                                label_infos: Sequence[LabelInfo] | None = None) -> None:
         """Replace the CovidSeg segments of ``segmentation_node`` (of either label scheme: a run with GGO and
         consolidation replaces one with infection) with ``labels`` on ``volume_node``'s grid, one segment per
-        entry of ``label_infos`` (default: the segments the labels need, CovidSegLib.labels.labels_of)."""
+        entry of ``label_infos`` (default: the segments the labels need, CovidSegLib.labels.segments_for)."""
         segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
         segmentation = segmentation_node.GetSegmentation()
         for info in LABELS:
             if segmentation.GetSegment(info.key) is not None:
                 segmentation.RemoveSegment(info.key)
-        label_infos = labels_of(labels) if label_infos is None else label_infos
-        left_out = present_values(labels) - {0} - {info.value for info in label_infos}
-        if left_out:
-            raise ValueError(f"labels hold values {sorted(left_out)} that no segment of "
-                             f"{[info.name for info in label_infos]} takes")
+        label_infos = segments_for(labels, label_infos)
         segment_ids = vtk.vtkStringArray()
         for info in label_infos:
             segmentation.AddEmptySegment(info.key, info.name, list(info.color))

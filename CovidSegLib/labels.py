@@ -11,7 +11,7 @@ anatomic modifier, SNOMED CT (``SCT``) where it has the concept and DICOM (``DCM
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Sequence
 
 BACKGROUND = 0
 LEFT_LUNG = 1
@@ -101,12 +101,26 @@ def present_values(labels) -> set[int]:
 def labels_of(labels) -> tuple[LabelInfo, ...]:
     """The segments a label map (numpy array of scheme values) needs: both lungs always, then the infection
     classes it holds, or the one infection label when it holds none (so an empty result still has the segment)."""
-    present = present_values(labels)
-    unknown = sorted(present - set(LABELS_BY_VALUE) - {BACKGROUND})
+    return segments_for(labels)
+
+
+def segments_for(labels, label_infos: Sequence[LabelInfo] | None = None) -> tuple[LabelInfo, ...]:
+    """The segments that hold ``labels``: ``label_infos``, or those the labels need (see :func:`labels_of`).
+
+    Values are counted once; a value outside the scheme, or one no segment of ``label_infos`` takes, is an error
+    (written or imported, it would be lost without a word)."""
+    present = present_values(labels) - {BACKGROUND}
+    unknown = sorted(present - set(LABELS_BY_VALUE))
     if unknown:
         raise ValueError(f"labels hold values {unknown} outside the label scheme {[BACKGROUND, *LABELS_BY_VALUE]}")
-    infection = [value for value in INFECTION_VALUES if value in present] or [INFECTION]
-    return tuple(LABELS_BY_VALUE[value] for value in (LEFT_LUNG, RIGHT_LUNG, *infection))
+    if label_infos is None:
+        infection = [value for value in INFECTION_VALUES if value in present] or [INFECTION]
+        return tuple(LABELS_BY_VALUE[value] for value in (LEFT_LUNG, RIGHT_LUNG, *infection))
+    left_out = sorted(present - {info.value for info in label_infos})
+    if left_out:
+        raise ValueError(f"labels hold values {left_out} that no segment of {[info.name for info in label_infos]} "
+                         "takes")
+    return tuple(label_infos)
 
 
 def output_labels(split_infection: bool) -> tuple[LabelInfo, ...]:

@@ -18,7 +18,7 @@ import SimpleITK as sitk
 
 from .errors import InputError, OutputError
 from .integrity import check_file_integrity
-from .labels import LabelInfo, labels_of, present_values, slicer_terminology
+from .labels import LabelInfo, segments_for, slicer_terminology
 from .reading import image_from_array
 from .volume import Geometry
 
@@ -141,7 +141,7 @@ def write_label_map(
 ) -> Path:
     """Write ``labels`` ([k, j, i] integer values of ``label_infos``) on ``geometry`` to ``path``.
 
-    Without ``label_infos``, the segments are those the labels need (:func:`CovidSegLib.labels.labels_of`).
+    Without ``label_infos``, the segments are those the labels need (:func:`CovidSegLib.labels.segments_for`).
 
     The format follows the suffix. ``.seg.nrrd`` gets one named, coloured segment per label with its
     terminology, so Slicer opens it as a segmentation; the other formats hold the plain label values.
@@ -153,11 +153,7 @@ def write_label_map(
     if labels.dtype != np.uint8 and (labels.min() < 0 or labels.max() > 255):
         raise ValueError("labels hold values outside the label scheme (0..255)")
     labels = labels.astype(np.uint8, copy=False)
-    label_infos = labels_of(labels) if label_infos is None else label_infos
-    known = {info.value for info in label_infos} | {0}
-    unexpected = present_values(labels) - known
-    if unexpected:
-        raise ValueError(f"labels hold values {sorted(unexpected)} outside the label scheme {sorted(known)}")
+    label_infos = segments_for(labels, label_infos)
     with atomic_output(path, protected) as temporary:
         if suffix == ".seg.nrrd":
             import slicerio

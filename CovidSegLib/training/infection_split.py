@@ -52,11 +52,23 @@ def read_multiclass(root: Path, names: list[str]) -> list[np.ndarray]:
 
 def confusion(hu: np.ndarray, infection: np.ndarray, multiclass: np.ndarray, rule: InfectionSplit) -> np.ndarray:
     """``[tp, fp, fn]`` of consolidation then of GGO, for ``infection`` split by ``rule`` against the experts."""
-    dense = smoothed_density(hu, (MEDSEG_PIXEL_MM, MEDSEG_PIXEL_MM), rule.smoothing_mm) >= rule.consolidation_min_hu
+    return rule_confusions(hu, infection, multiclass, [rule])[0]
+
+
+def rule_confusions(hu: np.ndarray, infection: np.ndarray, multiclass: np.ndarray,
+                    rules: list[InfectionSplit]) -> np.ndarray:
+    """:func:`confusion` of every rule, ``[rule, 6]``; the slice is smoothed once per smoothing, not per rule."""
+    densities = {smoothing: smoothed_density(hu, (MEDSEG_PIXEL_MM, MEDSEG_PIXEL_MM), smoothing)
+                 for smoothing in {rule.smoothing_mm for rule in rules}}
+    consolidation, ggo = multiclass == CONSOLIDATION_VALUE, multiclass == GGO_VALUE
     counts = []
-    for found, truth in ((infection & dense, multiclass == CONSOLIDATION_VALUE),
-                         (infection & ~dense, multiclass == GGO_VALUE)):
-        counts += [np.count_nonzero(found & truth), np.count_nonzero(found & ~truth), np.count_nonzero(truth & ~found)]
+    for rule in rules:
+        dense = densities[rule.smoothing_mm] >= rule.consolidation_min_hu
+        row = []
+        for found, truth in ((infection & dense, consolidation), (infection & ~dense, ggo)):
+            row += [np.count_nonzero(found & truth), np.count_nonzero(found & ~truth),
+                    np.count_nonzero(truth & ~found)]
+        counts.append(row)
     return np.asarray(counts, dtype=np.int64)
 
 
@@ -101,8 +113,7 @@ def measure(card_path: Path, medseg: Path) -> tuple[InfectionSplit, dict]:
     rules = [InfectionSplit(t, s) for s, t in itertools.product(SMOOTHING_MM, THRESHOLDS_HU)]
     results = {}
     for source, infection in (("inside_expert_infection", experts), ("inside_model_infection", found)):
-        counts = np.stack([np.stack([confusion(s.hu, mask, m, rule) for rule in rules])
-                           for s, mask, m in zip(slices, infection, multiclass)])
+        counts = np.stack([rule_confusions(s.hu, mask, m, rules) for s, mask, m in zip(slices, infection, multiclass)])
         results[source] = cross_validate(rules, counts)
         if source == "inside_expert_infection":
             chosen = rules[best_rule(rules, counts.sum(axis=0))]
