@@ -53,8 +53,11 @@ def test_short_training_lowers_loss_and_exports_a_loadable_model(slices: Path, v
     assert result.labels.shape == (34, 128, 128)
 
 
-def test_interrupted_training_resumes_to_the_same_result(slices: Path, tmp_path: Path) -> None:
-    config = _config(slices, tmp_path / "full", epochs=3, max_steps_per_epoch=3)
+@pytest.mark.parametrize("cpu_bf16", [False, True], ids=["float32", "bfloat16"])
+def test_interrupted_training_resumes_to_the_same_result(slices: Path, tmp_path: Path, cpu_bf16: bool) -> None:
+    if cpu_bf16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        pytest.skip("this CPU has no native bfloat16")
+    config = _config(slices, tmp_path / "full", epochs=3, max_steps_per_epoch=3, cpu_bf16=cpu_bf16)
     train(config, log=lambda *_: None)
     uninterrupted = json.loads((tmp_path / "full" / "history.json").read_text(encoding="utf-8"))
 

@@ -65,6 +65,11 @@ class TrainConfig:
     patience: int = 8
     seed: int = 0
     threads: int = 0  # 0: torch's default
+    #: train in bfloat16 autocast on CPU too (always on a GPU): 2x faster steps on a CPU with native bf16
+    #: (avx512_bf16/AMX; measured on this project's 2-core EPYC); validation and export stay float32
+    cpu_bf16: bool = False
+    #: channels-last convolutions: 1.5x faster steps on CPU, same float32 arithmetic
+    channels_last: bool = True
     max_steps_per_epoch: int = 0  # 0: the whole training set each epoch (tests use a few steps)
     augment: dict = field(default_factory=dict)
 
@@ -219,6 +224,8 @@ def train(config: TrainConfig, log=print) -> Path:
         for parameter in network.encoder.parameters():
             parameter.requires_grad = False
     network.to(device)
+    if config.channels_last:
+        network.to(memory_format=torch.channels_last)
     parameters = [p for p in network.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(len(train_set.names) / (config.batch_size * dist.world))
@@ -238,7 +245,8 @@ def train(config: TrainConfig, log=print) -> Path:
     model = dist.wrap(network)
     augment_config = AugmentConfig(**config.augment)
     images, masks, labelled = (torch.from_numpy(a) for a in train_arrays)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(config, device))
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
 
     while state["epoch"] < config.epochs and (
             not config.select_best or state["epoch"] - state["best_epoch"] <= config.patience):
@@ -251,7 +259,7 @@ def train(config: TrainConfig, log=print) -> Path:
             index = step_indices(order, step, config.batch_size, dist.rank, dist.world)
             x, y = augment(images[index], masks[index], augment_config, augment_generator)
             with autocast:
-                logits = model(x.to(device, non_blocking=True))
+                logits = model(x.to(device, non_blocking=True).contiguous(memory_format=memory_format))
             loss = masked_loss(logits.float(), y.to(device), labelled[index].to(device))
             optimizer.zero_grad()
             loss.backward()
@@ -295,6 +303,21 @@ def select_training_device(requested: str) -> "torch.device":  # noqa: F821
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         return torch.device("cpu")
     return torch.device(requested)
+
+
+def uses_bf16(config: TrainConfig, device: "torch.device") -> bool:  # noqa: F821
+    """bfloat16 autocast: always on a GPU; on a CPU when ``cpu_bf16`` asks, refused where the CPU would only
+    emulate it (several times slower than float32)."""
+    import torch
+
+    if device.type == "cuda":
+        return True
+    if not config.cpu_bf16:
+        return False
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        raise ValueError("cpu_bf16 is set, but this CPU has no native bfloat16 (avx512_bf16 or AMX): "
+                         "set it to false in the configuration")
+    return True
 
 
 def record_epoch(state: dict, scores: dict, loss: float, seconds: float, network, out_dir: Path,
