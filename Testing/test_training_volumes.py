@@ -10,7 +10,7 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,7 @@ torch = pytest.importorskip("torch")
 from CovidSegLib.evaluation import mapped_masks, parse_mapping  # noqa: E402
 from CovidSegLib.model import load_model  # noqa: E402
 from CovidSegLib.reading import read_segmentation  # noqa: E402
+from CovidSegLib.training import crossval_report  # noqa: E402
 from CovidSegLib.training.data import NO_PATIENT  # noqa: E402
 from CovidSegLib.training.sources import assign_folds, training_sets  # noqa: E402
 from CovidSegLib.training.train import TrainConfig, cross_validate, train  # noqa: E402
@@ -134,14 +135,31 @@ def test_folds_split_by_patient(covid19_ct_seg: Path, slices: Path, tmp_path: Pa
         assign_folds(["a", "b", "c", "d"], 5, seed=0)
 
 
-def test_cross_validation_trains_every_fold(covid19_ct_seg: Path, slices: Path, tmp_path: Path) -> None:
+def test_cross_validation_trains_every_fold_and_the_report_scores_each_on_its_own_patients(
+        covid19_ct_seg: Path, slices: Path, pairs: Path, tmp_path: Path) -> None:
     config = TrainConfig(out_dir=str(tmp_path / "cv"), npz_slices=str(slices), volumes=str(covid19_ct_seg),
+                         healthy_volumes=({"path": str(pairs), "label_map": "totalseg-lobes"},),
                          folds=2, name="tiny", input_size=64, epochs=1, batch_size=4, max_steps_per_epoch=2,
                          threads=2)
     summary = json.loads(cross_validate(config, log=lambda *_: None).read_text(encoding="utf-8"))
     assert summary["folds"] == 2 and len(summary["per_fold_validation_pooled_dice"]) == 2
     assert all((tmp_path / "cv" / f"fold-{k}" / "tiny.safetensors").is_file() for k in (0, 1))
     assert 0 <= summary["lungs"]["mean"] <= 1
+
+    (tmp_path / "cv.json").write_text(json.dumps({**asdict(config), "healthy_volumes": list(config.healthy_volumes)}))
+    crossval_report.main([str(tmp_path / "cv.json"), "--thresholds", "0.5,0.9", "--json", str(tmp_path / "r.json")])
+    report = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))["cv.json"]
+    assert report["folds_scored"] == [0, 1] and report["chosen_threshold"] in (0.5, 0.9)
+    # at the training threshold each fold's figure over all its validation slices is the Dice training validated
+    # with (exported float16 weights against training's float32: a few boundary pixels may differ)
+    for fold, trained in enumerate(summary["per_fold_validation_pooled_dice"]):
+        reported = report["per_fold"][str(fold)]["all_infection"][0]
+        assert reported == pytest.approx(trained["infection"], abs=0.02) or np.isnan(trained["infection"])
+    # the CT without COVID-19 validates in exactly one fold, where covidseg segment's path measured it
+    measured = [entry["healthy_volumes"] for entry in report["per_fold"].values() if entry["healthy_volumes"]]
+    assert len(measured) == 1 and list(measured[0]) == ["totalseg"]
+    assert [set(figures) for figures in measured[0]["totalseg"]] == [
+        {"false_infection_ml", "slices_with_false_infection", "slices_with_lung"}] * 2
 
 
 def test_fine_tune_on_a_nifti_folder_with_the_documented_command(covid19_ct_seg: Path, slices: Path,

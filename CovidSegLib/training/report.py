@@ -114,9 +114,10 @@ def hu_slice_scores(model: LoadedModel, folder: Path, work: Path) -> dict:
 
 def healthy_volume_scores(model: LoadedModel, ct: Path, work: Path, reference: Path | None = None,
                           mapping: LabelMapping | None = None) -> dict:
-    """Segment a CT without COVID-19 the product's way: the infection found is false; lung Dice if a reference."""
+    """Segment a CT without COVID-19 the product's way: the infection found is false; lung Dice if a reference.
+    A model that finds no lung there is measured too (no infection, ``slices_with_lung`` 0), not refused."""
     output = work / f"{ct.name.split('.')[0]}.seg.nrrd"
-    segmented = segment_file(ct, output, model, SegmentOptions(device="cpu"))
+    segmented = segment_file(ct, output, model, SegmentOptions(device="cpu", allow_empty=True))
     labels = segmented.labels
     lung_slices = (labels > 0).any(axis=(1, 2))
     infected_slices = (labels >= INFECTION).any(axis=(1, 2))

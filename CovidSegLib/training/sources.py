@@ -58,19 +58,32 @@ def split_by_groups(pool: SliceSet, validation_groups: set[str]) -> tuple[SliceS
     return pool.subset(np.flatnonzero(~held)), pool.subset(np.flatnonzero(held))
 
 
+def fold_pool(config) -> tuple[SliceSet, dict[str, int]]:
+    """Every source's slices in one pool (the corpus' validation groups too) and the fold of each patient group:
+    loaded once, it serves every fold (a k-fold report scores all folds from it)."""
+    parts, corpus_validation = load_sources(config)
+    if corpus_validation is not None:
+        parts.append(corpus_validation)  # folds deal the corpus' validation groups too
+    pool = SliceSet.concatenate(parts)
+    return pool, assign_folds(pool.groups, config.folds, config.fold_seed)
+
+
+def fold_sets(pool: SliceSet, fold_of: dict[str, int], fold: int) -> tuple[SliceSet, SliceSet, str]:
+    """Training set, validation set (the patient groups of ``fold``) and one line saying so."""
+    folds = max(fold_of.values()) + 1
+    if not 0 <= fold < folds:
+        raise ValueError(f"fold {fold} is not in 0..{folds - 1}")
+    held = {g for g, f in fold_of.items() if f == fold}
+    train_set, validation = split_by_groups(pool, held)
+    return train_set, validation, f"fold {fold} of {folds}: {len(held)} patient groups validate"
+
+
 def training_sets(config) -> tuple[SliceSet, SliceSet, str]:
     """Training set, validation set, and one line saying how they were split."""
-    parts, corpus_validation = load_sources(config)
     if config.folds:
-        if corpus_validation is not None:
-            parts.append(corpus_validation)  # folds deal the corpus' validation groups too
-        pool = SliceSet.concatenate(parts)
-        fold_of = assign_folds(pool.groups, config.folds, config.fold_seed)
-        if not 0 <= config.fold < config.folds:
-            raise ValueError(f"fold {config.fold} is not in 0..{config.folds - 1}")
-        held = {g for g, f in fold_of.items() if f == config.fold}
-        train_set, validation = split_by_groups(pool, held)
-        return train_set, validation, f"fold {config.fold} of {config.folds}: {len(held)} patient groups validate"
+        pool, fold_of = fold_pool(config)
+        return fold_sets(pool, fold_of, config.fold)
+    parts, corpus_validation = load_sources(config)
     pool = SliceSet.concatenate(parts)
     if corpus_validation is not None:
         return pool, corpus_validation, "validation: the corpus' recorded validation groups"

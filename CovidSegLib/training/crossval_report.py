@@ -1,0 +1,219 @@
+"""Cross-validated figures of k-fold runs, and the infection threshold chosen on them.
+
+    python -m CovidSegLib.training.crossval_report CONFIG.json [CONFIG.json ...] [--thresholds 0.3,0.5,0.7]
+        [--json OUT.json]
+
+Each fold's model is scored on that fold's validation patients only (it never trained on them), and the folds
+are pooled, so every patient group counts once. At each probability threshold:
+
+- COVID-19 patient groups of the slice corpus: lung and infection Dice, the corpus images fed as they are (the
+  representation itself, as in the report's held-out figures; not HU through ``covidseg segment``);
+- all validation slices, the CTs without COVID-19 included (rendered from HU): the infection Dice training
+  validates with, where infection found on a healthy CT counts against the model;
+- each CT without COVID-19 that validates in a fold: false infection in mL and slices through ``covidseg
+  segment``'s path (read, checks, engine, post-processing, written and read back).
+
+The threshold a run would ship is the one of best pooled infection Dice over all validation slices: it weighs
+infection found against infection invented, on patients no fold model trained on, and it looks neither at the
+corpus' test groups nor at the CTs kept out of training (CTChest, lungmask, CIP TestInput). Figures only: no
+model or card is changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..inference import SliceSegmenter, select_device
+from ..model import LoadedModel, load_model
+from ..writing import write_text
+from .data import SliceSet
+from .report import healthy_volume_scores
+from .sources import fold_pool, fold_sets
+from .train import TrainConfig
+from .volumes import find_healthy_cases
+
+DEFAULT_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+@dataclass
+class DiceCounts:
+    """Pooled Dice kept as its two sums per threshold, so that folds add up before the division."""
+
+    overlap: np.ndarray
+    total: np.ndarray
+
+    @classmethod
+    def zeros(cls, count: int) -> "DiceCounts":
+        return cls(np.zeros(count), np.zeros(count))
+
+    def __add__(self, other: "DiceCounts") -> "DiceCounts":
+        return DiceCounts(self.overlap + other.overlap, self.total + other.total)
+
+    def dice(self) -> list[float]:
+        return [float(o / t) if t else math.nan for o, t in zip(self.overlap, self.total)]
+
+
+def probabilities(segmenter: SliceSegmenter, images: np.ndarray, batch: int = 32) -> np.ndarray:
+    """Sigmoid outputs ``[n, 2, size, size]`` (float16) for slices already in the model's representation, at the
+    network's resolution (as training validates)."""
+    import torch
+
+    chunks = []
+    for start in range(0, len(images), batch):
+        logits = segmenter.logits(segmenter.prepare_images(images[start:start + batch]))
+        chunks.append(torch.sigmoid(logits.float()).numpy().astype(np.float16))
+    return np.concatenate(chunks)
+
+
+def dice_counts(probability: np.ndarray, truth: np.ndarray, thresholds: tuple[float, ...]) -> DiceCounts:
+    """Overlap and size sums of ``probability > t`` against ``truth`` for every threshold."""
+    counts = DiceCounts.zeros(len(thresholds))
+    truth_size = float(truth.sum())
+    for index, threshold in enumerate(thresholds):
+        predicted = probability > threshold
+        counts.overlap[index] = 2.0 * np.sum(predicted & truth)
+        counts.total[index] = float(predicted.sum()) + truth_size
+    return counts
+
+
+@dataclass
+class FoldFigures:
+    """One fold model on its validation patients."""
+
+    fold: int
+    card: str
+    covid_slices: int
+    healthy_slices: int
+    covid_lungs: DiceCounts
+    covid_infection: DiceCounts
+    all_infection: DiceCounts
+    healthy_volumes: dict[str, list[dict]] = field(default_factory=dict)  # name -> one entry per threshold
+
+
+def score_fold(model: LoadedModel, validation: SliceSet, healthy_cts: dict[str, Path],
+               thresholds: tuple[float, ...], work: Path) -> FoldFigures:
+    from .slices import resize_masks
+
+    masks = resize_masks(np.stack([validation.lungs, validation.infection], axis=1), model.card.input_size)
+    lungs, infection = masks[:, 0], masks[:, 1]
+    probability = probabilities(SliceSegmenter(model, select_device("cpu")), validation.images)
+    covid = ~np.isin(validation.groups, list(healthy_cts))
+    figures = FoldFigures(
+        fold=-1, card=model.card.name, covid_slices=int(covid.sum()), healthy_slices=int((~covid).sum()),
+        covid_lungs=dice_counts(probability[covid & validation.has_lungs, 0],
+                                lungs[covid & validation.has_lungs], thresholds),
+        covid_infection=dice_counts(probability[covid, 1], infection[covid], thresholds),
+        all_infection=dice_counts(probability[validation.has_infection, 1],
+                                  infection[validation.has_infection], thresholds))
+    for name, ct in healthy_cts.items():
+        if name not in validation.groups:
+            continue
+        figures.healthy_volumes[name] = []
+        for threshold in thresholds:
+            variant = dataclasses.replace(model, card=dataclasses.replace(model.card, threshold=threshold))
+            scores = healthy_volume_scores(variant, ct, work)
+            figures.healthy_volumes[name].append({k: scores[k] for k in (
+                "false_infection_ml", "slices_with_false_infection", "slices_with_lung")})
+    return figures
+
+
+def healthy_cts(config: TrainConfig) -> dict[str, Path]:
+    """Patient group -> CT file of every configured CT without COVID-19."""
+    return {case.case: case.image for folder, label_map in config.healthy_folders()
+            for case in find_healthy_cases(Path(folder).expanduser(), label_map)}
+
+
+def fold_card(config: TrainConfig, fold: int) -> Path:
+    return Path(config.out_dir).expanduser() / f"fold-{fold}" / f"{config.name}.json"
+
+
+def score_run(config_path: Path, thresholds: tuple[float, ...], log=print) -> list[FoldFigures]:
+    """Every exported fold model of a k-fold configuration, on its own fold's validation patients."""
+    config = TrainConfig.from_file(config_path)
+    if config.folds < 2:
+        raise ValueError(f"{config_path}: not a k-fold configuration (folds = {config.folds})")
+    pool, fold_of = fold_pool(config)
+    cts = healthy_cts(config)
+    results = []
+    with tempfile.TemporaryDirectory() as work:
+        for fold in range(config.folds):
+            card = fold_card(config, fold)
+            if not card.exists():
+                log(f"{config_path.name}: fold {fold} has no exported model yet ({card.name}); skipped")
+                continue
+            _, validation, how = fold_sets(pool, fold_of, fold)
+            figures = score_fold(load_model(card), validation, cts, thresholds, Path(work))
+            figures.fold = fold
+            results.append(figures)
+            log(f"{config_path.name}: {how}; {figures.covid_slices} COVID-19 slices, {figures.healthy_slices} "
+                f"slices of CTs without COVID-19 ({', '.join(figures.healthy_volumes) or 'none'})")
+    return results
+
+
+def summarise(folds: list[FoldFigures], thresholds: tuple[float, ...]) -> dict:
+    """Pooled over folds (each patient group once) and per fold, per threshold; and the chosen threshold."""
+    def pooled(attribute: str) -> list[float]:
+        return sum((getattr(f, attribute) for f in folds), DiceCounts.zeros(len(thresholds))).dice()
+
+    all_infection = pooled("all_infection")
+    best = int(np.nanargmax(all_infection)) if not np.all(np.isnan(all_infection)) else None
+    return {
+        "folds_scored": [f.fold for f in folds],
+        "thresholds": list(thresholds),
+        "pooled": {"covid_lungs": pooled("covid_lungs"), "covid_infection": pooled("covid_infection"),
+                   "all_infection": all_infection},
+        "per_fold": {str(f.fold): {"covid_infection": f.covid_infection.dice(),
+                                   "all_infection": f.all_infection.dice(), "covid_slices": f.covid_slices,
+                                   "healthy_slices": f.healthy_slices, "healthy_volumes": f.healthy_volumes}
+                     for f in folds},
+        "chosen_threshold": thresholds[best] if best is not None else None,
+        "chosen_by": "best pooled infection Dice over all validation slices (COVID-19 groups and CTs without "
+                     "COVID-19), folds pooled",
+    }
+
+
+def print_summary(name: str, summary: dict) -> None:
+    thresholds = summary["thresholds"]
+    volumes = [(fold, volume) for fold, entry in summary["per_fold"].items() for volume in entry["healthy_volumes"]]
+    print(f"\n{name}: folds {summary['folds_scored']}, threshold chosen {summary['chosen_threshold']}")
+    header = ["threshold", "lungs", "infection", "infection, all slices", "infection per fold"]
+    header += [f"{volume} (fold {fold}) mL/slices" for fold, volume in volumes]
+    print(" | ".join(header))
+    for index, threshold in enumerate(thresholds):
+        per_fold = [entry["covid_infection"][index] for entry in summary["per_fold"].values()]
+        row = [f"{threshold:.2f}", f"{summary['pooled']['covid_lungs'][index]:.3f}",
+               f"{summary['pooled']['covid_infection'][index]:.3f}",
+               f"{summary['pooled']['all_infection'][index]:.3f}",
+               " ".join(f"{d:.3f}" for d in per_fold) + (
+                   f" (mean {np.mean(per_fold):.3f} sd {np.std(per_fold, ddof=1):.3f})" if len(per_fold) > 1 else "")]
+        for fold, volume in volumes:
+            entry = summary["per_fold"][fold]["healthy_volumes"][volume][index]
+            row.append(f"{entry['false_infection_ml']:.1f}/{entry['slices_with_false_infection']}")
+        print(" | ".join(row), flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("configs", nargs="+", type=Path, help="k-fold training configurations (JSON)")
+    parser.add_argument("--thresholds", default=",".join(str(t) for t in DEFAULT_THRESHOLDS))
+    parser.add_argument("--json", type=Path, help="also write every figure here")
+    args = parser.parse_args(argv)
+    thresholds = tuple(float(t) for t in args.thresholds.split(","))
+    summaries = {}
+    for config_path in args.configs:
+        summaries[config_path.name] = summarise(score_run(config_path, thresholds), thresholds)
+        print_summary(config_path.name, summaries[config_path.name])
+    if args.json:
+        write_text(args.json, json.dumps(summaries, indent=1))
+
+
+if __name__ == "__main__":
+    main()
