@@ -130,6 +130,20 @@ def test_folds_split_by_patient(covid19_ct_seg: Path, slices: Path, tmp_path: Pa
     assert held_out[0] | held_out[1] == {"npz/ma2020_coronacases_001", "npz/ma2020_coronacases_008",
                                          "npz/ma2020_radiopaedia_14_85914_0", "coronacases_001"}
     assert not held_out[0] & held_out[1]
+
+    # MedSeg dealt into the folds: block k of consecutive slice numbers validates in fold k, the others' folds stay
+    with_medseg = replace(config, medseg_in_folds=True)
+    medseg_held = []
+    for fold in (0, 1):
+        train_set, validation, _ = training_sets(replace(with_medseg, fold=fold))
+        assert {g for g in validation.groups if not g.startswith("medseg/")} == held_out[fold]
+        names = [int(n.split("/")[1]) for n in validation.names if n.startswith("medseg/")]
+        assert set(validation.groups) - held_out[fold] == {f"medseg/block-{fold}"} and len(names) == 25
+        assert not set(names) & {int(n.split("/")[1]) for n in train_set.names if n.startswith("medseg/")}
+        medseg_held.append(names)
+    assert max(medseg_held[0]) < min(medseg_held[1])
+    with pytest.raises(ValueError, match="no folds"):
+        training_sets(replace(with_medseg, folds=0))
     assert assign_folds(["a", "b", "c"], 2, seed=3) == assign_folds(["c", "a", "b"], 2, seed=3)
     with pytest.raises(ValueError, match="need at least 5 patient groups"):
         assign_folds(["a", "b", "c", "d"], 5, seed=0)
@@ -138,6 +152,7 @@ def test_folds_split_by_patient(covid19_ct_seg: Path, slices: Path, tmp_path: Pa
 def test_cross_validation_trains_every_fold_and_the_report_scores_each_on_its_own_patients(
         covid19_ct_seg: Path, slices: Path, pairs: Path, tmp_path: Path) -> None:
     config = TrainConfig(out_dir=str(tmp_path / "cv"), npz_slices=str(slices), volumes=str(covid19_ct_seg),
+                         medseg=str(slices / "medseg_train"), medseg_in_folds=True,
                          healthy_volumes=({"path": str(pairs), "label_map": "totalseg-lobes"},),
                          folds=2, name="tiny", input_size=64, epochs=1, batch_size=4, max_steps_per_epoch=2,
                          threads=2)
@@ -150,6 +165,7 @@ def test_cross_validation_trains_every_fold_and_the_report_scores_each_on_its_ow
     crossval_report.main([str(tmp_path / "cv.json"), "--thresholds", "0.5,0.9", "--json", str(tmp_path / "r.json")])
     report = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))["cv.json"]
     assert report["folds_scored"] == [0, 1] and report["chosen_threshold"] in (0.5, 0.9)
+    assert [report["per_fold"][k]["medseg_slices"] for k in "01"] == [25, 25]
     # at the training threshold each fold's figure over all its validation slices is the Dice training validated
     # with (exported float16 weights against training's float32: a few boundary pixels may differ)
     for fold, trained in enumerate(summary["per_fold_validation_pooled_dice"]):

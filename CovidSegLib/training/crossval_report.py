@@ -8,6 +8,8 @@ are pooled, so every patient group counts once. At each probability threshold:
 
 - COVID-19 patient groups of the slice corpus: lung and infection Dice, the corpus images fed as they are (the
   representation itself, as in the report's held-out figures; not HU through ``covidseg segment``);
+- MedSeg's blocks, when the run deals them into folds (``medseg_in_folds``): infection Dice, its 8-bit crops
+  through the representation (the window they were exported with is a guess);
 - all validation slices, the CTs without COVID-19 included (rendered from HU): the infection Dice training
   validates with, where infection found on a healthy CT counts against the model;
 - each CT without COVID-19 that validates in a fold: false infection in mL and slices through ``covidseg
@@ -36,7 +38,7 @@ from ..model import LoadedModel, load_model
 from ..writing import write_text
 from .data import SliceSet
 from .report import healthy_volume_scores
-from .sources import fold_pool, fold_sets
+from .sources import MEDSEG_BLOCK, fold_pool, fold_sets
 from .train import TrainConfig
 from .volumes import find_healthy_cases
 
@@ -90,10 +92,12 @@ class FoldFigures:
 
     fold: int
     card: str
-    covid_slices: int
+    corpus_slices: int
+    medseg_slices: int
     healthy_slices: int
-    covid_lungs: DiceCounts
-    covid_infection: DiceCounts
+    corpus_lungs: DiceCounts
+    corpus_infection: DiceCounts
+    medseg_infection: DiceCounts
     all_infection: DiceCounts
     healthy_volumes: dict[str, list[dict]] = field(default_factory=dict)  # name -> one entry per threshold
 
@@ -105,12 +109,16 @@ def score_fold(model: LoadedModel, validation: SliceSet, healthy_cts: dict[str, 
     masks = resize_masks(np.stack([validation.lungs, validation.infection], axis=1), model.card.input_size)
     lungs, infection = masks[:, 0], masks[:, 1]
     probability = probabilities(SliceSegmenter(model, select_device("cpu")), validation.images)
-    covid = ~np.isin(validation.groups, list(healthy_cts))
+    healthy = np.isin(validation.groups, list(healthy_cts))
+    medseg = np.array([g.startswith(MEDSEG_BLOCK) for g in validation.groups], bool)
+    corpus = ~healthy & ~medseg
     figures = FoldFigures(
-        fold=-1, card=model.card.name, covid_slices=int(covid.sum()), healthy_slices=int((~covid).sum()),
-        covid_lungs=dice_counts(probability[covid & validation.has_lungs, 0],
-                                lungs[covid & validation.has_lungs], thresholds),
-        covid_infection=dice_counts(probability[covid, 1], infection[covid], thresholds),
+        fold=-1, card=model.card.name, corpus_slices=int(corpus.sum()), medseg_slices=int(medseg.sum()),
+        healthy_slices=int(healthy.sum()),
+        corpus_lungs=dice_counts(probability[corpus & validation.has_lungs, 0],
+                                lungs[corpus & validation.has_lungs], thresholds),
+        corpus_infection=dice_counts(probability[corpus, 1], infection[corpus], thresholds),
+        medseg_infection=dice_counts(probability[medseg, 1], infection[medseg], thresholds),
         all_infection=dice_counts(probability[validation.has_infection, 1],
                                   infection[validation.has_infection], thresholds))
     for name, ct in healthy_cts.items():
@@ -153,8 +161,9 @@ def score_run(config_path: Path, thresholds: tuple[float, ...], log=print) -> li
             figures = score_fold(load_model(card), validation, cts, thresholds, Path(work))
             figures.fold = fold
             results.append(figures)
-            log(f"{config_path.name}: {how}; {figures.covid_slices} COVID-19 slices, {figures.healthy_slices} "
-                f"slices of CTs without COVID-19 ({', '.join(figures.healthy_volumes) or 'none'})")
+            log(f"{config_path.name}: {how}; {figures.corpus_slices} corpus slices, {figures.medseg_slices} MedSeg "
+                f"slices, {figures.healthy_slices} slices of CTs without COVID-19 "
+                f"({', '.join(figures.healthy_volumes) or 'none'})")
     return results
 
 
@@ -168,15 +177,17 @@ def summarise(folds: list[FoldFigures], thresholds: tuple[float, ...]) -> dict:
     return {
         "folds_scored": [f.fold for f in folds],
         "thresholds": list(thresholds),
-        "pooled": {"covid_lungs": pooled("covid_lungs"), "covid_infection": pooled("covid_infection"),
-                   "all_infection": all_infection},
-        "per_fold": {str(f.fold): {"covid_infection": f.covid_infection.dice(),
-                                   "all_infection": f.all_infection.dice(), "covid_slices": f.covid_slices,
-                                   "healthy_slices": f.healthy_slices, "healthy_volumes": f.healthy_volumes}
+        "pooled": {"corpus_lungs": pooled("corpus_lungs"), "corpus_infection": pooled("corpus_infection"),
+                   "medseg_infection": pooled("medseg_infection"), "all_infection": all_infection},
+        "per_fold": {str(f.fold): {"corpus_infection": f.corpus_infection.dice(),
+                                   "medseg_infection": f.medseg_infection.dice(),
+                                   "all_infection": f.all_infection.dice(), "corpus_slices": f.corpus_slices,
+                                   "medseg_slices": f.medseg_slices, "healthy_slices": f.healthy_slices,
+                                   "healthy_volumes": f.healthy_volumes}
                      for f in folds},
         "chosen_threshold": thresholds[best] if best is not None else None,
-        "chosen_by": "best pooled infection Dice over all validation slices (COVID-19 groups and CTs without "
-                     "COVID-19), folds pooled",
+        "chosen_by": "best pooled infection Dice over all validation slices (the corpus' and MedSeg's COVID-19 "
+                     "slices and the CTs without COVID-19), folds pooled",
     }
 
 
@@ -184,13 +195,14 @@ def print_summary(name: str, summary: dict) -> None:
     thresholds = summary["thresholds"]
     volumes = [(fold, volume) for fold, entry in summary["per_fold"].items() for volume in entry["healthy_volumes"]]
     print(f"\n{name}: folds {summary['folds_scored']}, threshold chosen {summary['chosen_threshold']}")
-    header = ["threshold", "lungs", "infection", "infection, all slices", "infection per fold"]
+    header = ["threshold", "lungs", "infection", "MedSeg infection", "infection, all slices", "infection per fold"]
     header += [f"{volume} (fold {fold}) mL/slices" for fold, volume in volumes]
     print(" | ".join(header))
     for index, threshold in enumerate(thresholds):
-        per_fold = [entry["covid_infection"][index] for entry in summary["per_fold"].values()]
-        row = [f"{threshold:.2f}", f"{summary['pooled']['covid_lungs'][index]:.3f}",
-               f"{summary['pooled']['covid_infection'][index]:.3f}",
+        per_fold = [entry["corpus_infection"][index] for entry in summary["per_fold"].values()]
+        row = [f"{threshold:.2f}", f"{summary['pooled']['corpus_lungs'][index]:.3f}",
+               f"{summary['pooled']['corpus_infection'][index]:.3f}",
+               f"{summary['pooled']['medseg_infection'][index]:.3f}",
                f"{summary['pooled']['all_infection'][index]:.3f}",
                " ".join(f"{d:.3f}" for d in per_fold) + (
                    f" (mean {np.mean(per_fold):.3f} sd {np.std(per_fold, ddof=1):.3f})" if len(per_fold) > 1 else "")]

@@ -5,7 +5,10 @@
   there are three or more, and a handful of cases doubles as its own validation set.
 - With ``folds = K``, every patient group of the pool (the corpus' train and validation groups, each volume,
   each npz case) is dealt into K folds by a shuffle seeded with ``fold_seed``; fold ``fold`` validates. Slices
-  without a patient id (MedSeg) always train. The corpus' ``test`` groups are never in any fold.
+  without a patient id (MedSeg) always train, unless ``medseg_in_folds``: then MedSeg's slices, in their numbered
+  order, are cut into K blocks of consecutive numbers (neighbouring numbers are often one patient, so a block
+  keeps most patients whole) and block k validates in fold k. The blocks are dealt apart from the shuffle, so
+  the other groups' folds are the same with or without MedSeg. The corpus' ``test`` groups are never in any fold.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ def load_sources(config) -> tuple[list[SliceSet], SliceSet | None]:
         parts.append(corpus.subset(split_indices(split, "train")))
         corpus_validation = corpus.subset(split_indices(split, "validation"))
     if config.medseg:
-        parts.append(load_medseg(Path(config.medseg).expanduser(), preprocessing, window))
+        medseg = load_medseg(Path(config.medseg).expanduser(), preprocessing, window)
+        parts.append(medseg_blocks(medseg, config.folds) if medseg_validates(config) else medseg)
     if config.npz_slices:
         parts.append(load_npz_slices(Path(config.npz_slices).expanduser(), preprocessing, window, variants))
     if config.volumes:
@@ -58,6 +62,25 @@ def split_by_groups(pool: SliceSet, validation_groups: set[str]) -> tuple[SliceS
     return pool.subset(np.flatnonzero(~held)), pool.subset(np.flatnonzero(held))
 
 
+#: Patient group of the k-th MedSeg block when MedSeg is dealt into folds.
+MEDSEG_BLOCK = "medseg/block-"
+
+
+def medseg_validates(config) -> bool:
+    """Whether MedSeg is dealt into the folds (see the module docstring)."""
+    if config.medseg_in_folds and not config.folds:
+        raise ValueError("medseg_in_folds deals MedSeg into folds: the configuration has no folds")
+    return bool(config.medseg and config.medseg_in_folds)
+
+
+def medseg_blocks(medseg: SliceSet, folds: int) -> SliceSet:
+    """MedSeg's slices (loaded in numbered order) grouped into ``folds`` blocks of consecutive numbers."""
+    groups = [f"{MEDSEG_BLOCK}{block}" for block, indices in enumerate(np.array_split(np.arange(len(medseg.names)),
+                                                                                        folds)) for _ in indices]
+    return SliceSet(medseg.images, medseg.lungs, medseg.infection, medseg.has_lungs, medseg.has_infection,
+                    medseg.names, groups)
+
+
 def fold_pool(config) -> tuple[SliceSet, dict[str, int]]:
     """Every source's slices in one pool (the corpus' validation groups too) and the fold of each patient group:
     loaded once, it serves every fold (a k-fold report scores all folds from it)."""
@@ -65,7 +88,10 @@ def fold_pool(config) -> tuple[SliceSet, dict[str, int]]:
     if corpus_validation is not None:
         parts.append(corpus_validation)  # folds deal the corpus' validation groups too
     pool = SliceSet.concatenate(parts)
-    return pool, assign_folds(pool.groups, config.folds, config.fold_seed)
+    fold_of = assign_folds([g for g in pool.groups if not g.startswith(MEDSEG_BLOCK)], config.folds, config.fold_seed)
+    if medseg_validates(config):  # dealt apart: the other groups' folds stay what they are without MedSeg
+        fold_of.update({f"{MEDSEG_BLOCK}{block}": block for block in range(config.folds)})
+    return pool, fold_of
 
 
 def fold_sets(pool: SliceSet, fold_of: dict[str, int], fold: int) -> tuple[SliceSet, SliceSet, str]:

@@ -43,6 +43,9 @@ class TrainConfig:
     #: deals patients into folds; apart from ``seed`` so that the stages of a k-fold run (each with its own
     #: training seed) validate each fold on the same patients
     fold_seed: int = 0
+    #: under folds, MedSeg's slices (no patient ids) are cut into ``folds`` blocks of consecutive numbers and block
+    #: k validates in fold k, so that MedSeg is cross-validated too; False: MedSeg always trains
+    medseg_in_folds: bool = False
     device: str = "auto"  # auto: this process' GPU when there is one, else CPU
     #: fine-tune: start from this model card (e.g. the bundled model). Under cross-validation "{fold}" in it
     #: names each fold's own model, so a second stage of a k-fold run starts from the same fold's first stage
