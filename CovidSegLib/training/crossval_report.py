@@ -102,8 +102,9 @@ class FoldFigures:
     healthy_volumes: dict[str, list[dict]] = field(default_factory=dict)  # name -> one entry per threshold
 
 
-def score_fold(model: LoadedModel, validation: SliceSet, healthy_cts: dict[str, Path],
+def score_fold(fold: int, model: LoadedModel, validation: SliceSet, healthy_cts: dict[str, Path],
                thresholds: tuple[float, ...], work: Path) -> FoldFigures:
+    """``model`` (trained without ``fold``) on ``validation`` (that fold's patients) at every threshold."""
     from .slices import resize_masks
 
     masks = resize_masks(np.stack([validation.lungs, validation.infection], axis=1), model.card.input_size)
@@ -113,10 +114,10 @@ def score_fold(model: LoadedModel, validation: SliceSet, healthy_cts: dict[str, 
     medseg = np.array([g.startswith(MEDSEG_BLOCK) for g in validation.groups], bool)
     corpus = ~healthy & ~medseg
     figures = FoldFigures(
-        fold=-1, card=model.card.name, corpus_slices=int(corpus.sum()), medseg_slices=int(medseg.sum()),
+        fold=fold, card=model.card.name, corpus_slices=int(corpus.sum()), medseg_slices=int(medseg.sum()),
         healthy_slices=int(healthy.sum()),
         corpus_lungs=dice_counts(probability[corpus & validation.has_lungs, 0],
-                                lungs[corpus & validation.has_lungs], thresholds),
+                                 lungs[corpus & validation.has_lungs], thresholds),
         corpus_infection=dice_counts(probability[corpus, 1], infection[corpus], thresholds),
         medseg_infection=dice_counts(probability[medseg, 1], infection[medseg], thresholds),
         all_infection=dice_counts(probability[validation.has_infection, 1],
@@ -158,8 +159,7 @@ def score_run(config_path: Path, thresholds: tuple[float, ...], log=print) -> li
                 log(f"{config_path.name}: fold {fold} has no exported model yet ({card.name}); skipped")
                 continue
             _, validation, how = fold_sets(pool, fold_of, fold)
-            figures = score_fold(load_model(card), validation, cts, thresholds, Path(work))
-            figures.fold = fold
+            figures = score_fold(fold, load_model(card), validation, cts, thresholds, Path(work))
             results.append(figures)
             log(f"{config_path.name}: {how}; {figures.corpus_slices} corpus slices, {figures.medseg_slices} MedSeg "
                 f"slices, {figures.healthy_slices} slices of CTs without COVID-19 "
