@@ -18,7 +18,7 @@ from CovidSegLib.model import load_model  # noqa: E402
 from CovidSegLib.reading import read_volume  # noqa: E402
 from CovidSegLib.training.data import continuity_groups, load_medseg, load_npz_slices, read_split  # noqa: E402
 from CovidSegLib.training.export import export_checkpoint  # noqa: E402
-from CovidSegLib.training.train import TrainConfig, train  # noqa: E402
+from CovidSegLib.training.train import TrainConfig, cpu_has_native_bf16, train  # noqa: E402
 
 PREPROCESSING = TrainConfig(out_dir="").preprocessing()
 
@@ -55,7 +55,7 @@ def test_short_training_lowers_loss_and_exports_a_loadable_model(slices: Path, v
 
 @pytest.mark.parametrize("cpu_bf16", [False, True], ids=["float32", "bfloat16"])
 def test_interrupted_training_resumes_to_the_same_result(slices: Path, tmp_path: Path, cpu_bf16: bool) -> None:
-    if cpu_bf16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if cpu_bf16 and not cpu_has_native_bf16():
         pytest.skip("this CPU has no native bfloat16")
     config = _config(slices, tmp_path / "full", epochs=3, max_steps_per_epoch=3, cpu_bf16=cpu_bf16)
     train(config, log=lambda *_: None)
@@ -81,6 +81,15 @@ def test_interrupted_training_resumes_to_the_same_result(slices: Path, tmp_path:
     resumed = json.loads((tmp_path / "resumed" / "history.json").read_text(encoding="utf-8"))
     assert [h["epoch"] for h in resumed] == [1, 2, 3]
     assert np.allclose([h["loss"] for h in resumed], [h["loss"] for h in uninterrupted], rtol=1e-4)
+
+
+def test_bfloat16_is_refused_on_a_cpu_that_would_emulate_it(slices: Path, tmp_path: Path, monkeypatch) -> None:
+    import CovidSegLib.training.train as training
+
+    monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: False)
+    with pytest.raises(ValueError, match="no native bfloat16"):
+        train(_config(slices, tmp_path, epochs=1, max_steps_per_epoch=1, cpu_bf16=True), log=lambda *_: None)
+    assert not (tmp_path / "checkpoint.pt").exists()
 
 
 def test_without_selection_the_last_epoch_is_exported_from_the_checkpoint(slices: Path, tmp_path: Path) -> None:

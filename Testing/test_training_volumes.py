@@ -131,12 +131,15 @@ def test_folds_split_by_patient(covid19_ct_seg: Path, slices: Path, tmp_path: Pa
                                          "npz/ma2020_radiopaedia_14_85914_0", "coronacases_001"}
     assert not held_out[0] & held_out[1]
 
-    # MedSeg dealt into the folds: block k of consecutive slice numbers validates in fold k, the others' folds stay
+    # MedSeg dealt into the folds: block k of consecutive slice numbers validates in fold k, and every other group
+    # keeps the fold it has without MedSeg (a paired comparison of recipes with and without it)
     with_medseg = replace(config, medseg_in_folds=True)
     medseg_held = []
     for fold in (0, 1):
         train_set, validation, _ = training_sets(replace(with_medseg, fold=fold))
-        assert {g for g in validation.groups if not g.startswith("medseg/")} == held_out[fold]
+        _, without_medseg, _ = training_sets(replace(config, medseg=None, fold=fold))
+        assert {g for g in validation.groups if not g.startswith("medseg/")} == held_out[fold] == \
+            set(without_medseg.groups)
         names = [int(n.split("/")[1]) for n in validation.names if n.startswith("medseg/")]
         assert set(validation.groups) - held_out[fold] == {f"medseg/block-{fold}"} and len(names) == 25
         assert not set(names) & {int(n.split("/")[1]) for n in train_set.names if n.startswith("medseg/")}
@@ -161,11 +164,18 @@ def test_cross_validation_trains_every_fold_and_the_report_scores_each_on_its_ow
     assert all((tmp_path / "cv" / f"fold-{k}" / "tiny.safetensors").is_file() for k in (0, 1))
     assert 0 <= summary["lungs"]["mean"] <= 1
 
-    (tmp_path / "cv.json").write_text(json.dumps({**asdict(config), "healthy_volumes": list(config.healthy_volumes)}))
-    crossval_report.main([str(tmp_path / "cv.json"), "--thresholds", "0.5,0.9", "--json", str(tmp_path / "r.json")])
+    def write_config(name: str, changed: TrainConfig) -> str:
+        (tmp_path / name).write_text(json.dumps({**asdict(changed), "healthy_volumes": list(changed.healthy_volumes)}))
+        return str(tmp_path / name)
+
+    crossval_report.main([write_config("cv.json", config), "--thresholds", "0.5,0.9", "--json",
+                          str(tmp_path / "r.json")])
     report = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))["cv.json"]
     assert report["folds_scored"] == [0, 1] and report["chosen_threshold"] in (0.5, 0.9)
     assert [report["per_fold"][k]["medseg_slices"] for k in "01"] == [25, 25]
+    # the CT without COVID-19 counts once, in its own rendering (training also renders it a second way)
+    totalseg_slices = len(load_volume_slices(pairs, PREPROCESSING, "totalseg-lobes", healthy=True).names)
+    assert sorted(report["per_fold"][k]["healthy_slices"] for k in "01") == [0, totalseg_slices]
     # at the training threshold each fold's figure over all its validation slices is the Dice training validated
     # with (exported float16 weights against training's float32: a few boundary pixels may differ)
     for fold, trained in enumerate(summary["per_fold_validation_pooled_dice"]):
@@ -174,8 +184,12 @@ def test_cross_validation_trains_every_fold_and_the_report_scores_each_on_its_ow
     # the CT without COVID-19 validates in exactly one fold, where covidseg segment's path measured it
     measured = [entry["healthy_volumes"] for entry in report["per_fold"].values() if entry["healthy_volumes"]]
     assert len(measured) == 1 and list(measured[0]) == ["totalseg"]
-    assert [set(figures) for figures in measured[0]["totalseg"]] == [
-        {"false_infection_ml", "slices_with_false_infection", "slices_with_lung"}] * 2
+    for figures in measured[0]["totalseg"]:
+        assert figures["false_infection_ml"] >= 0 and isinstance(figures["no_lung"], bool)
+        assert 0 <= figures["slices_with_false_infection"] <= figures["slices_with_lung"] or figures["no_lung"]
+    # fold models trained on other folds than a configuration deals are refused, not scored on their own patients
+    with pytest.raises(ValueError, match="medseg_in_folds"):
+        crossval_report.main([write_config("other.json", replace(config, medseg_in_folds=False))])
 
 
 def test_fine_tune_on_a_nifti_folder_with_the_documented_command(covid19_ct_seg: Path, slices: Path,

@@ -1,24 +1,26 @@
-"""Cross-validated figures of k-fold runs, and the infection threshold chosen on them.
+"""Cross-validated figures of k-fold runs, and the probability threshold chosen on them.
 
     python -m CovidSegLib.training.crossval_report CONFIG.json [CONFIG.json ...] [--thresholds 0.3,0.5,0.7]
         [--json OUT.json]
 
 Each fold's model is scored on that fold's validation patients only (it never trained on them), and the folds
-are pooled, so every patient group counts once. At each probability threshold:
+are pooled, so every patient group counts once (each slice in its first rendering, the model's own). At each
+probability threshold (a card has one, for lungs and infection alike):
 
 - COVID-19 patient groups of the slice corpus: lung and infection Dice, the corpus images fed as they are (the
   representation itself, as in the report's held-out figures; not HU through ``covidseg segment``);
 - MedSeg's blocks, when the run deals them into folds (``medseg_in_folds``): infection Dice, its 8-bit crops
   through the representation (the window they were exported with is a guess);
-- all validation slices, the CTs without COVID-19 included (rendered from HU): the infection Dice training
-  validates with, where infection found on a healthy CT counts against the model;
+- all validation slices with infection labelled, the CTs without COVID-19 included (rendered from HU): the
+  infection Dice training validates with, where infection found on a healthy CT counts against the model;
 - each CT without COVID-19 that validates in a fold: false infection in mL and slices through ``covidseg
-  segment``'s path (read, checks, engine, post-processing, written and read back).
+  segment``'s path (read, checks, engine, post-processing, written and read back), and whether it found lung.
 
 The threshold a run would ship is the one of best pooled infection Dice over all validation slices: it weighs
 infection found against infection invented, on patients no fold model trained on, and it looks neither at the
-corpus' test groups nor at the CTs kept out of training (CTChest, lungmask, CIP TestInput). Figures only: no
-model or card is changed.
+corpus' test groups nor at the CTs kept out of training (CTChest, lungmask, CIP TestInput). The lungs move with
+it (the corpus lung Dice column shows how much). Each fold model's card must record the configuration's data and
+folds, so no model is scored on patients it trained on. Figures only: no model or card is changed.
 """
 
 from __future__ import annotations
@@ -33,11 +35,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..inference import SliceSegmenter, select_device
+from ..inference import SliceSegmenter, _logit, select_device
 from ..model import LoadedModel, load_model
 from ..writing import write_text
-from .data import SliceSet
-from .report import healthy_volume_scores
+from .data import CORPUS_GROUP, SliceSet
+from .report import healthy_volume_scores, without_nan
 from .sources import MEDSEG_BLOCK, fold_pool, fold_sets
 from .train import TrainConfig
 from .volumes import find_healthy_cases
@@ -63,27 +65,14 @@ class DiceCounts:
         return [float(o / t) if t else math.nan for o, t in zip(self.overlap, self.total)]
 
 
-def probabilities(segmenter: SliceSegmenter, images: np.ndarray, batch: int = 32) -> np.ndarray:
-    """Sigmoid outputs ``[n, 2, size, size]`` (float16) for slices already in the model's representation, at the
-    network's resolution (as training validates)."""
-    import torch
-
-    chunks = []
-    for start in range(0, len(images), batch):
-        logits = segmenter.logits(segmenter.prepare_images(images[start:start + batch]))
-        chunks.append(torch.sigmoid(logits.float()).numpy().astype(np.float16))
-    return np.concatenate(chunks)
-
-
-def dice_counts(probability: np.ndarray, truth: np.ndarray, thresholds: tuple[float, ...]) -> DiceCounts:
-    """Overlap and size sums of ``probability > t`` against ``truth`` for every threshold."""
-    counts = DiceCounts.zeros(len(thresholds))
+def add_counts(counts: DiceCounts, logits: np.ndarray, truth: np.ndarray, thresholds: tuple[float, ...]) -> None:
+    """Add the overlap and size sums of ``logits > logit(t)`` against ``truth`` for every threshold (float32 logits
+    against the threshold's logit, as the engine compares)."""
     truth_size = float(truth.sum())
     for index, threshold in enumerate(thresholds):
-        predicted = probability > threshold
-        counts.overlap[index] = 2.0 * np.sum(predicted & truth)
-        counts.total[index] = float(predicted.sum()) + truth_size
-    return counts
+        predicted = logits > _logit(threshold)
+        counts.overlap[index] += 2.0 * np.sum(predicted & truth)
+        counts.total[index] += float(predicted.sum()) + truth_size
 
 
 @dataclass
@@ -103,25 +92,29 @@ class FoldFigures:
 
 
 def score_fold(fold: int, model: LoadedModel, validation: SliceSet, healthy_cts: dict[str, Path],
-               thresholds: tuple[float, ...], work: Path) -> FoldFigures:
+               thresholds: tuple[float, ...], work: Path, batch: int = 32) -> FoldFigures:
     """``model`` (trained without ``fold``) on ``validation`` (that fold's patients) at every threshold."""
     from .slices import resize_masks
 
-    masks = resize_masks(np.stack([validation.lungs, validation.infection], axis=1), model.card.input_size)
-    lungs, infection = masks[:, 0], masks[:, 1]
-    probability = probabilities(SliceSegmenter(model, select_device("cpu")), validation.images)
     healthy = np.isin(validation.groups, list(healthy_cts))
     medseg = np.array([g.startswith(MEDSEG_BLOCK) for g in validation.groups], bool)
-    corpus = ~healthy & ~medseg
-    figures = FoldFigures(
-        fold=fold, card=model.card.name, corpus_slices=int(corpus.sum()), medseg_slices=int(medseg.sum()),
-        healthy_slices=int(healthy.sum()),
-        corpus_lungs=dice_counts(probability[corpus & validation.has_lungs, 0],
-                                 lungs[corpus & validation.has_lungs], thresholds),
-        corpus_infection=dice_counts(probability[corpus, 1], infection[corpus], thresholds),
-        medseg_infection=dice_counts(probability[medseg, 1], infection[medseg], thresholds),
-        all_infection=dice_counts(probability[validation.has_infection, 1],
-                                  infection[validation.has_infection], thresholds))
+    corpus = np.array([g.startswith(CORPUS_GROUP) for g in validation.groups], bool)
+    figures = FoldFigures(fold=fold, card=model.card.name, corpus_slices=int(corpus.sum()),
+                          medseg_slices=int(medseg.sum()), healthy_slices=int(healthy.sum()),
+                          **{name: DiceCounts.zeros(len(thresholds)) for name in (
+                              "corpus_lungs", "corpus_infection", "medseg_infection", "all_infection")})
+    segmenter = SliceSegmenter(model, select_device("cpu"))
+    for start in range(0, len(validation.names), batch):
+        part = slice(start, start + batch)
+        logits = segmenter.logits(segmenter.prepare_images(validation.images[part])).numpy()
+        masks = resize_masks(np.stack([validation.lungs[part], validation.infection[part]], axis=1),
+                             model.card.input_size)
+        for counts, keep, channel in (
+                (figures.corpus_lungs, corpus[part] & validation.has_lungs[part], 0),
+                (figures.corpus_infection, corpus[part] & validation.has_infection[part], 1),
+                (figures.medseg_infection, medseg[part], 1),
+                (figures.all_infection, validation.has_infection[part], 1)):
+            add_counts(counts, logits[keep, channel], masks[keep, channel], thresholds)
     for name, ct in healthy_cts.items():
         if name not in validation.groups:
             continue
@@ -130,8 +123,27 @@ def score_fold(fold: int, model: LoadedModel, validation: SliceSet, healthy_cts:
             variant = dataclasses.replace(model, card=dataclasses.replace(model.card, threshold=threshold))
             scores = healthy_volume_scores(variant, ct, work)
             figures.healthy_volumes[name].append({k: scores[k] for k in (
-                "false_infection_ml", "slices_with_false_infection", "slices_with_lung")})
+                "false_infection_ml", "slices_with_false_infection", "slices_with_lung", "no_lung")})
     return figures
+
+
+#: The fields of a training configuration that decide which patients validate in which fold.
+SPLIT_FIELDS = ("corpus", "medseg", "npz_slices", "volumes", "healthy_volumes", "folds", "fold_seed",
+                "medseg_in_folds")
+
+
+def check_fold_model(config: TrainConfig, fold: int, model: LoadedModel, card: Path) -> None:
+    """Refuse a fold model whose card records other data or folds than ``config``: it could have trained on the
+    patients it would be scored on."""
+    recorded = model.card.training_config
+    expected = json.loads(json.dumps(dataclasses.asdict(config)))
+    defaults = json.loads(json.dumps(dataclasses.asdict(TrainConfig(out_dir=""))))
+    if recorded.get("fold", defaults["fold"]) != fold:
+        raise ValueError(f"{card}: trained as fold {recorded.get('fold')}, found in fold {fold}'s folder")
+    for name in SPLIT_FIELDS:
+        if recorded.get(name, defaults[name]) != expected[name]:
+            raise ValueError(f"{card}: trained with {name} = {recorded.get(name, defaults[name])!r}, the "
+                             f"configuration says {expected[name]!r}; its folds may not be this run's")
 
 
 def healthy_cts(config: TrainConfig) -> dict[str, Path]:
@@ -159,7 +171,9 @@ def score_run(config_path: Path, thresholds: tuple[float, ...], log=print) -> li
                 log(f"{config_path.name}: fold {fold} has no exported model yet ({card.name}); skipped")
                 continue
             _, validation, how = fold_sets(pool, fold_of, fold)
-            figures = score_fold(fold, load_model(card), validation, cts, thresholds, Path(work))
+            model = load_model(card)
+            check_fold_model(config, fold, model, card)
+            figures = score_fold(fold, model, validation, cts, thresholds, Path(work))
             results.append(figures)
             log(f"{config_path.name}: {how}; {figures.corpus_slices} corpus slices, {figures.medseg_slices} MedSeg "
                 f"slices, {figures.healthy_slices} slices of CTs without COVID-19 "
@@ -197,6 +211,7 @@ def print_summary(name: str, summary: dict) -> None:
     print(f"\n{name}: folds {summary['folds_scored']}, threshold chosen {summary['chosen_threshold']}")
     header = ["threshold", "lungs", "infection", "MedSeg infection", "infection, all slices", "infection per fold"]
     header += [f"{volume} (fold {fold}) mL/slices" for fold, volume in volumes]
+    print("(mL/slices of false infection; 'no lung' where the model found none there)")
     print(" | ".join(header))
     for index, threshold in enumerate(thresholds):
         per_fold = [entry["corpus_infection"][index] for entry in summary["per_fold"].values()]
@@ -208,7 +223,8 @@ def print_summary(name: str, summary: dict) -> None:
                    f" (mean {np.mean(per_fold):.3f} sd {np.std(per_fold, ddof=1):.3f})" if len(per_fold) > 1 else "")]
         for fold, volume in volumes:
             entry = summary["per_fold"][fold]["healthy_volumes"][volume][index]
-            row.append(f"{entry['false_infection_ml']:.1f}/{entry['slices_with_false_infection']}")
+            row.append("no lung" if entry["no_lung"] else
+                       f"{entry['false_infection_ml']:.1f}/{entry['slices_with_false_infection']}")
         print(" | ".join(row), flush=True)
 
 
@@ -219,12 +235,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, help="also write every figure here")
     args = parser.parse_args(argv)
     thresholds = tuple(float(t) for t in args.thresholds.split(","))
+    if not all(0 < t < 1 for t in thresholds):
+        parser.error(f"thresholds must lie between 0 and 1: {args.thresholds}")
     summaries = {}
     for config_path in args.configs:
         summaries[config_path.name] = summarise(score_run(config_path, thresholds), thresholds)
         print_summary(config_path.name, summaries[config_path.name])
     if args.json:
-        write_text(args.json, json.dumps(summaries, indent=1))
+        write_text(args.json, json.dumps(without_nan(summaries), indent=1))
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ from .slices import resize_masks
 SPLIT_FILE = Path(__file__).resolve().parents[2] / "Resources" / "model" / "split.json"
 #: Group of slices whose patient is unknown (MedSeg): never used to validate a fold, always trained on.
 NO_PATIENT = ""
+#: Patient group prefix of the slice corpus' groups (runs of consecutive slices, see ``Resources/model/split.json``).
+CORPUS_GROUP = "corpus/"
 
 
 @dataclass
@@ -98,7 +100,7 @@ def load_slice_corpus(root: Path, size: int = CLAHE_SIZE) -> SliceSet:
     groups = [NO_PATIENT] * len(names)
     for part in read_split()["groups"].values():
         for start, stop in part:
-            groups[start:stop] = [f"corpus/{start}-{stop}"] * (stop - start)
+            groups[start:stop] = [f"{CORPUS_GROUP}{start}-{stop}"] * (stop - start)
     return SliceSet(images, lungs, infection, ones, ones.copy(), [f"corpus/{n}" for n in names], groups)
 
 

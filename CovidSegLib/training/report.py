@@ -115,7 +115,7 @@ def hu_slice_scores(model: LoadedModel, folder: Path, work: Path) -> dict:
 def healthy_volume_scores(model: LoadedModel, ct: Path, work: Path, reference: Path | None = None,
                           mapping: LabelMapping | None = None) -> dict:
     """Segment a CT without COVID-19 the product's way: the infection found is false; lung Dice if a reference.
-    A model that finds no lung there is measured too (no infection, ``slices_with_lung`` 0), not refused."""
+    A model that finds (almost) no lung there is measured too, not refused: ``no_lung`` says so."""
     output = work / f"{ct.name.split('.')[0]}.seg.nrrd"
     segmented = segment_file(ct, output, model, SegmentOptions(device="cpu", allow_empty=True))
     labels = segmented.labels
@@ -127,6 +127,7 @@ def healthy_volume_scores(model: LoadedModel, ct: Path, work: Path, reference: P
         "slices": int(len(labels)),
         "slices_with_lung": int(lung_slices.sum()),
         "slices_with_false_infection": int(infected_slices.sum()),
+        "no_lung": bool(segmented.no_lung),
     }
     if reference is not None:
         case = evaluate_case(output, reference, reference_mapping=mapping)

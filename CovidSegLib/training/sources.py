@@ -57,6 +57,13 @@ def assign_folds(groups: list[str], folds: int, seed: int) -> dict[str, int]:
     return {patients[index]: position % folds for position, index in enumerate(order)}
 
 
+def first_renderings(slices: SliceSet) -> SliceSet:
+    """Each slice once, in its first rendering (the model's own; the others are augmentation): validation scores
+    what the product will see, and a CT rendered twice does not weigh twice."""
+    _, first = np.unique(slices.names, return_index=True)
+    return slices.subset(np.sort(first))
+
+
 def split_by_groups(pool: SliceSet, validation_groups: set[str]) -> tuple[SliceSet, SliceSet]:
     held = np.array([g in validation_groups for g in pool.groups])
     return pool.subset(np.flatnonzero(~held)), pool.subset(np.flatnonzero(held))
@@ -101,7 +108,7 @@ def fold_sets(pool: SliceSet, fold_of: dict[str, int], fold: int) -> tuple[Slice
         raise ValueError(f"fold {fold} is not in 0..{folds - 1}")
     held = {g for g, f in fold_of.items() if f == fold}
     train_set, validation = split_by_groups(pool, held)
-    return train_set, validation, f"fold {fold} of {folds}: {len(held)} patient groups validate"
+    return train_set, first_renderings(validation), f"fold {fold} of {folds}: {len(held)} patient groups validate"
 
 
 def training_sets(config) -> tuple[SliceSet, SliceSet, str]:
@@ -118,5 +125,6 @@ def training_sets(config) -> tuple[SliceSet, SliceSet, str]:
         count = max(1, len(patients) // 5)
         held = set(np.random.default_rng(config.seed).permutation(patients)[:count].tolist())
         train_set, validation = split_by_groups(pool, held)
-        return train_set, validation, f"validation: {count} of {len(patients)} patients held out ({sorted(held)})"
-    return pool, pool, "validation: the training slices themselves (fewer than 3 patients)"
+        how = f"validation: {count} of {len(patients)} patients held out ({sorted(held)})"
+        return train_set, first_renderings(validation), how
+    return pool, first_renderings(pool), "validation: the training slices themselves (fewer than 3 patients)"
