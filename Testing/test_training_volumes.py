@@ -147,6 +147,15 @@ def test_folds_split_by_patient(covid19_ct_seg: Path, slices: Path, tmp_path: Pa
     assert max(medseg_held[0]) < min(medseg_held[1])
     with pytest.raises(ValueError, match="no folds"):
         training_sets(replace(with_medseg, folds=0))
+
+    # a recipe's final model: the patients that validated train too, and are still scored (a fit)
+    held_train, held_validation, _ = training_sets(replace(config, folds=0))
+    every_train, every_validation, how = training_sets(replace(config, folds=0, validation_trains=True))
+    assert every_validation.names == held_validation.names and "their Dice is a fit" in how
+    assert set(held_validation.names) <= set(every_train.names)
+    assert len(every_train.names) == len(held_train.names) + 2 * len(held_validation.names)  # both renderings
+    with pytest.raises(ValueError, match="validation_trains"):
+        training_sets(replace(config, validation_trains=True))
     assert assign_folds(["a", "b", "c"], 2, seed=3) == assign_folds(["c", "a", "b"], 2, seed=3)
     with pytest.raises(ValueError, match="need at least 5 patient groups"):
         assign_folds(["a", "b", "c", "d"], 5, seed=0)

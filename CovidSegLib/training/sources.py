@@ -114,8 +114,23 @@ def fold_sets(pool: SliceSet, fold_of: dict[str, int], fold: int) -> tuple[Slice
 def training_sets(config) -> tuple[SliceSet, SliceSet, str]:
     """Training set, validation set, and one line saying how they were split."""
     if config.folds:
+        if config.validation_trains:
+            raise ValueError("validation_trains trains a recipe's final model on every patient group: a "
+                             "configuration with folds validates on some of them")
         pool, fold_of = fold_pool(config)
         return fold_sets(pool, fold_of, config.fold)
+    train_set, validation, how = held_out_split(config)
+    if validation is None:
+        return train_set, first_renderings(train_set), how
+    if config.validation_trains:
+        return (SliceSet.concatenate([train_set, validation]), first_renderings(validation),
+                f"{how}; they train too (validation_trains: their Dice is a fit)")
+    return train_set, first_renderings(validation), how
+
+
+def held_out_split(config) -> tuple[SliceSet, SliceSet | None, str]:
+    """Without folds: the training slices, the validation slices (None where the training slices double as
+    them), and how they were chosen."""
     parts, corpus_validation = load_sources(config)
     pool = SliceSet.concatenate(parts)
     if corpus_validation is not None:
@@ -125,6 +140,5 @@ def training_sets(config) -> tuple[SliceSet, SliceSet, str]:
         count = max(1, len(patients) // 5)
         held = set(np.random.default_rng(config.seed).permutation(patients)[:count].tolist())
         train_set, validation = split_by_groups(pool, held)
-        how = f"validation: {count} of {len(patients)} patients held out ({sorted(held)})"
-        return train_set, first_renderings(validation), how
-    return pool, first_renderings(pool), "validation: the training slices themselves (fewer than 3 patients)"
+        return train_set, validation, f"validation: {count} of {len(patients)} patients held out ({sorted(held)})"
+    return pool, None, "validation: the training slices themselves (fewer than 3 patients)"

@@ -46,6 +46,9 @@ class TrainConfig:
     #: under folds, MedSeg's slices (no patient ids) are cut into ``folds`` blocks of consecutive numbers and block
     #: k validates in fold k, so that MedSeg is cross-validated too; False: MedSeg always trains
     medseg_in_folds: bool = False
+    #: without folds: the validation patients train too (a recipe's final model, once k-fold has chosen the recipe
+    #: and nothing is selected on them any more); they are still scored each epoch, as a fit
+    validation_trains: bool = False
     device: str = "auto"  # auto: this process' GPU when there is one, else CPU
     #: fine-tune: start from this model card (e.g. the bundled model). Under cross-validation "{fold}" in it
     #: names each fold's own model, so a second stage of a k-fold run starts from the same fold's first stage
