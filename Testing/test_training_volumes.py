@@ -177,10 +177,16 @@ def test_cross_validation_trains_every_fold_and_the_report_scores_each_on_its_ow
         (tmp_path / name).write_text(json.dumps({**asdict(changed), "healthy_volumes": list(changed.healthy_volumes)}))
         return str(tmp_path / name)
 
+    # the HU slices stand in here for a patient group of the run (the volume): its own fold's model scores them
     crossval_report.main([write_config("cv.json", config), "--thresholds", "0.5,0.9", "--json",
-                          str(tmp_path / "r.json")])
+                          str(tmp_path / "r.json"), "--hu-slices", str(slices / "hu_infection"),
+                          "--hu-slices-group", "coronacases_001"])
     report = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))["cv.json"]
     assert report["folds_scored"] == [0, 1] and report["chosen_threshold"] in (0.5, 0.9)
+    volume_fold = next(fold for fold in (0, 1)
+                       if "coronacases_001" in training_sets(replace(config, fold=fold))[1].groups)
+    assert report["hu_slices"]["fold"] == volume_fold and len(report["hu_slices"]["infection"]) == 2
+    assert all(0 <= dice <= 1 for dice in report["hu_slices"]["infection"])
     assert [report["per_fold"][k]["medseg_slices"] for k in "01"] == [25, 25]
     # the CT without COVID-19 counts once, in its own rendering (training also renders it a second way)
     totalseg_slices = len(load_volume_slices(pairs, PREPROCESSING, "totalseg-lobes", healthy=True).names)

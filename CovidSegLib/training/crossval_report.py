@@ -1,7 +1,7 @@
 """Cross-validated figures of k-fold runs, and the probability threshold chosen on them.
 
     python -m CovidSegLib.training.crossval_report CONFIG.json [CONFIG.json ...] [--thresholds 0.3,0.5,0.7]
-        [--json OUT.json]
+        [--hu-slices DIR [--hu-slices-group corpus/0-159]] [--json OUT.json]
 
 Each fold's model is scored on that fold's validation patients only (it never trained on them), and the folds
 are pooled, so every patient group counts once (each slice in its first rendering, the model's own). At each
@@ -14,7 +14,10 @@ probability threshold (a card has one, for lungs and infection alike):
 - all validation slices with infection labelled, the CTs without COVID-19 included (rendered from HU): the
   infection Dice training validates with, where infection found on a healthy CT counts against the model;
 - each CT without COVID-19 that validates in a fold: false infection in mL and slices through ``covidseg
-  segment``'s path (read, checks, engine, post-processing, written and read back), and whether it found lung.
+  segment``'s path (read, checks, engine, post-processing, written and read back), and whether it found lung;
+- the HU slices with expert infection (``--hu-slices``), through ``covidseg segment``'s path as the report runs
+  them, by the one fold model that never saw their patient (``--hu-slices-group``): the only product-path
+  infection figure on COVID-19 CT that is not a fit.
 
 The threshold a run would ship is the one of best pooled infection Dice over all validation slices: it weighs
 infection found against infection invented, on patients no fold model trained on, and it looks neither at the
@@ -39,7 +42,7 @@ from ..inference import SliceSegmenter, _logit, select_device
 from ..model import LoadedModel, load_model
 from ..writing import write_text
 from .data import CORPUS_GROUP, SliceSet
-from .report import healthy_volume_scores, without_nan
+from .report import healthy_volume_scores, hu_slice_scores, without_nan
 from .sources import MEDSEG_BLOCK, fold_pool, fold_sets
 from .train import TrainConfig
 from .volumes import find_healthy_cases
@@ -89,6 +92,7 @@ class FoldFigures:
     medseg_infection: DiceCounts
     all_infection: DiceCounts
     healthy_volumes: dict[str, list[dict]] = field(default_factory=dict)  # name -> one entry per threshold
+    hu_slices_infection: list[float] | None = None  # pooled Dice per threshold, when this fold holds their patient
 
 
 def score_fold(fold: int, model: LoadedModel, validation: SliceSet, healthy_cts: dict[str, Path],
@@ -120,8 +124,7 @@ def score_fold(fold: int, model: LoadedModel, validation: SliceSet, healthy_cts:
             continue
         figures.healthy_volumes[name] = []
         for threshold in thresholds:
-            variant = dataclasses.replace(model, card=dataclasses.replace(model.card, threshold=threshold))
-            scores = healthy_volume_scores(variant, ct, work)
+            scores = healthy_volume_scores(with_threshold(model, threshold), ct, work)
             figures.healthy_volumes[name].append({k: scores[k] for k in (
                 "false_infection_ml", "slices_with_false_infection", "slices_with_lung", "no_lung")})
     return figures
@@ -156,8 +159,14 @@ def fold_card(config: TrainConfig, fold: int) -> Path:
     return Path(config.out_dir).expanduser() / f"fold-{fold}" / f"{config.name}.json"
 
 
-def score_run(config_path: Path, thresholds: tuple[float, ...], log=print) -> list[FoldFigures]:
-    """Every exported fold model of a k-fold configuration, on its own fold's validation patients."""
+def with_threshold(model: LoadedModel, threshold: float) -> LoadedModel:
+    return dataclasses.replace(model, card=dataclasses.replace(model.card, threshold=threshold))
+
+
+def score_run(config_path: Path, thresholds: tuple[float, ...], hu_slices: tuple[Path, str] | None = None,
+              log=print) -> list[FoldFigures]:
+    """Every exported fold model of a k-fold configuration, on its own fold's validation patients; ``hu_slices``
+    (folder, patient group) are scored by the fold model that validates on that group."""
     config = TrainConfig.from_file(config_path)
     if config.folds < 2:
         raise ValueError(f"{config_path}: not a k-fold configuration (folds = {config.folds})")
@@ -174,6 +183,10 @@ def score_run(config_path: Path, thresholds: tuple[float, ...], log=print) -> li
             model = load_model(card)
             check_fold_model(config, fold, model, card)
             figures = score_fold(fold, model, validation, cts, thresholds, Path(work))
+            if hu_slices is not None and fold_of.get(hu_slices[1]) == fold:
+                figures.hu_slices_infection = [
+                    hu_slice_scores(with_threshold(model, t), hu_slices[0], Path(work))["infection"]["pooled_dice"]
+                    for t in thresholds]
             results.append(figures)
             log(f"{config_path.name}: {how}; {figures.corpus_slices} corpus slices, {figures.medseg_slices} MedSeg "
                 f"slices, {figures.healthy_slices} slices of CTs without COVID-19 "
@@ -199,6 +212,8 @@ def summarise(folds: list[FoldFigures], thresholds: tuple[float, ...]) -> dict:
                                    "medseg_slices": f.medseg_slices, "healthy_slices": f.healthy_slices,
                                    "healthy_volumes": f.healthy_volumes}
                      for f in folds},
+        "hu_slices": next(({"fold": f.fold, "infection": f.hu_slices_infection} for f in folds
+                           if f.hu_slices_infection is not None), None),
         "chosen_threshold": thresholds[best] if best is not None else None,
         "chosen_by": "best pooled infection Dice over all validation slices (the corpus' and MedSeg's COVID-19 "
                      "slices and the CTs without COVID-19), folds pooled",
@@ -211,6 +226,9 @@ def print_summary(name: str, summary: dict) -> None:
     print(f"\n{name}: folds {summary['folds_scored']}, threshold chosen {summary['chosen_threshold']}")
     header = ["threshold", "lungs", "infection", "MedSeg infection", "infection, all slices", "infection per fold"]
     header += [f"{volume} (fold {fold}) mL/slices" for fold, volume in volumes]
+    hu_slices = summary["hu_slices"]
+    if hu_slices is not None:
+        header.append(f"HU slices (fold {hu_slices['fold']})")
     print("(mL/slices of false infection; 'no lung' where the model found none there)")
     print(" | ".join(header))
     for index, threshold in enumerate(thresholds):
@@ -225,6 +243,8 @@ def print_summary(name: str, summary: dict) -> None:
             entry = summary["per_fold"][fold]["healthy_volumes"][volume][index]
             row.append("no lung" if entry["no_lung"] else
                        f"{entry['false_infection_ml']:.1f}/{entry['slices_with_false_infection']}")
+        if hu_slices is not None:
+            row.append(f"{hu_slices['infection'][index]:.3f}")
         print(" | ".join(row), flush=True)
 
 
@@ -232,6 +252,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("configs", nargs="+", type=Path, help="k-fold training configurations (JSON)")
     parser.add_argument("--thresholds", default=",".join(str(t) for t in DEFAULT_THRESHOLDS))
+    parser.add_argument("--hu-slices", type=Path, help="HU slices with expert infection (hu_infection folder)")
+    parser.add_argument("--hu-slices-group", default="corpus/0-159",
+                        help="their patient group (the shared data README: the corpus' first patient, 0-158)")
     parser.add_argument("--json", type=Path, help="also write every figure here")
     args = parser.parse_args(argv)
     thresholds = tuple(float(t) for t in args.thresholds.split(","))
@@ -239,7 +262,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"thresholds must lie between 0 and 1: {args.thresholds}")
     summaries = {}
     for config_path in args.configs:
-        summaries[config_path.name] = summarise(score_run(config_path, thresholds), thresholds)
+        hu_slices = (args.hu_slices, args.hu_slices_group) if args.hu_slices else None
+        summaries[config_path.name] = summarise(score_run(config_path, thresholds, hu_slices), thresholds)
         print_summary(config_path.name, summaries[config_path.name])
     if args.json:
         write_text(args.json, json.dumps(without_nan(summaries), indent=1))

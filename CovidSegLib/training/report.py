@@ -94,7 +94,7 @@ def hu_slice_scores(model: LoadedModel, folder: Path, work: Path) -> dict:
         image.SetSpacing((HU_SLICE_PIXEL_MM, HU_SLICE_PIXEL_MM, 1.0))  # identity direction: LPS, display rows
         ct, output = work / f"{path.stem}.nrrd", work / f"{path.stem}.seg.nrrd"
         sitk.WriteImage(image, str(ct))
-        segment_file(ct, output, model, SegmentOptions(device="cpu"))
+        segment_file(ct, output, model, SegmentOptions(device="cpu", allow_empty=True))  # measured, not refused
         written = read_segmentation(output)
         middle = HU_SLICE_COPIES // 2
         masks = {value: mask[middle] for value, mask in mapped_masks(written, default_mapping(written)).items()}
