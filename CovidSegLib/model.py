@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -133,6 +133,10 @@ class LoadedModel:
     card: ModelCard
     network: "torch.nn.Module"
     card_path: Path
+
+    def with_threshold(self, threshold: float) -> "LoadedModel":
+        """The same network under another probability threshold (sweeps and reports; the card file is untouched)."""
+        return replace(self, card=replace(self.card, threshold=threshold))
 
 
 def load_model(card_path: str | Path | None = None) -> LoadedModel:

@@ -31,51 +31,22 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ..inference import SliceSegmenter, _logit, select_device
+from ..inference import SliceSegmenter, select_device
 from ..model import LoadedModel, load_model
 from ..writing import write_text
 from .data import CORPUS_GROUP, SliceSet
 from .report import healthy_volume_scores, hu_slice_scores, without_nan
 from .sources import MEDSEG_BLOCK, fold_pool, fold_sets
-from .train import TrainConfig
+from .train import DiceCounts, TrainConfig, add_counts
 from .volumes import find_healthy_cases
 
 DEFAULT_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-
-
-@dataclass
-class DiceCounts:
-    """Pooled Dice kept as its two sums per threshold, so that folds add up before the division."""
-
-    overlap: np.ndarray
-    total: np.ndarray
-
-    @classmethod
-    def zeros(cls, count: int) -> "DiceCounts":
-        return cls(np.zeros(count), np.zeros(count))
-
-    def __add__(self, other: "DiceCounts") -> "DiceCounts":
-        return DiceCounts(self.overlap + other.overlap, self.total + other.total)
-
-    def dice(self) -> list[float]:
-        return [float(o / t) if t else math.nan for o, t in zip(self.overlap, self.total)]
-
-
-def add_counts(counts: DiceCounts, logits: np.ndarray, truth: np.ndarray, thresholds: tuple[float, ...]) -> None:
-    """Add the overlap and size sums of ``logits > logit(t)`` against ``truth`` for every threshold (float32 logits
-    against the threshold's logit, as the engine compares)."""
-    truth_size = float(truth.sum())
-    for index, threshold in enumerate(thresholds):
-        predicted = logits > _logit(threshold)
-        counts.overlap[index] += 2.0 * np.sum(predicted & truth)
-        counts.total[index] += float(predicted.sum()) + truth_size
 
 
 @dataclass
@@ -124,7 +95,7 @@ def score_fold(fold: int, model: LoadedModel, validation: SliceSet, healthy_cts:
             continue
         figures.healthy_volumes[name] = []
         for threshold in thresholds:
-            scores = healthy_volume_scores(with_threshold(model, threshold), ct, work)
+            scores = healthy_volume_scores(model.with_threshold(threshold), ct, work)
             figures.healthy_volumes[name].append({k: scores[k] for k in (
                 "false_infection_ml", "slices_with_false_infection", "slices_with_lung", "no_lung")})
     return figures
@@ -159,10 +130,6 @@ def fold_card(config: TrainConfig, fold: int) -> Path:
     return Path(config.out_dir).expanduser() / f"fold-{fold}" / f"{config.name}.json"
 
 
-def with_threshold(model: LoadedModel, threshold: float) -> LoadedModel:
-    return dataclasses.replace(model, card=dataclasses.replace(model.card, threshold=threshold))
-
-
 def score_run(config_path: Path, thresholds: tuple[float, ...], hu_slices: tuple[Path, str] | None = None,
               log=print) -> list[FoldFigures]:
     """Every exported fold model of a k-fold configuration, on its own fold's validation patients; ``hu_slices``
@@ -185,7 +152,7 @@ def score_run(config_path: Path, thresholds: tuple[float, ...], hu_slices: tuple
             figures = score_fold(fold, model, validation, cts, thresholds, Path(work))
             if hu_slices is not None and fold_of.get(hu_slices[1]) == fold:
                 figures.hu_slices_infection = [
-                    hu_slice_scores(with_threshold(model, t), hu_slices[0], Path(work))["infection"]["pooled_dice"]
+                    hu_slice_scores(model.with_threshold(t), hu_slices[0], Path(work))["infection"]["pooled_dice"]
                     for t in thresholds]
             results.append(figures)
             log(f"{config_path.name}: {how}; {figures.corpus_slices} corpus slices, {figures.medseg_slices} MedSeg "

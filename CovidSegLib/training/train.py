@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..inference import _logit
 from ..model import ModelCard, build_network, load_model, save_model
 from ..representation import AIR_TO_METAL, RADIOPAEDIA_CLIP, Preprocessing
 from ..writing import write_text
@@ -139,23 +140,49 @@ def prepare_arrays(slices: SliceSet, config: TrainConfig):
     return images, masks, labelled
 
 
+@dataclass
+class DiceCounts:
+    """Pooled Dice kept as its two sums per threshold, so that folds add up before the division."""
+
+    overlap: np.ndarray
+    total: np.ndarray
+
+    @classmethod
+    def zeros(cls, count: int) -> "DiceCounts":
+        return cls(np.zeros(count), np.zeros(count))
+
+    def __add__(self, other: "DiceCounts") -> "DiceCounts":
+        return DiceCounts(self.overlap + other.overlap, self.total + other.total)
+
+    def dice(self) -> list[float]:
+        return [float(o / t) if t else math.nan for o, t in zip(self.overlap, self.total)]
+
+
+def add_counts(counts: DiceCounts, logits: np.ndarray, truth: np.ndarray, thresholds: tuple[float, ...]) -> None:
+    """Add the overlap and size sums of ``logits > logit(t)`` against ``truth`` for every threshold (float32 logits
+    against the threshold's logit, as the engine compares)."""
+    truth_size = float(truth.sum())
+    for index, threshold in enumerate(thresholds):
+        predicted = logits > _logit(threshold)
+        counts.overlap[index] += 2.0 * np.sum(predicted & truth)
+        counts.total[index] += float(predicted.sum()) + truth_size
+
+
 def pooled_dice(network, images, masks, labelled, batch_size: int = 64, device=None) -> dict[str, float]:
     """Pooled Dice per output at network resolution (validation; the reported test scores use the engine)."""
     import torch
 
     network.eval()
-    overlap = np.zeros(len(OUTPUTS))
-    total = np.zeros(len(OUTPUTS))
+    counts = [DiceCounts.zeros(1) for _ in OUTPUTS]
     with torch.inference_mode():
         for start in range(0, len(images), batch_size):
             x = torch.from_numpy(images[start:start + batch_size]).to(device or "cpu")
-            predicted = (network(x) > 0).cpu().numpy()
+            logits = network(x).float().cpu().numpy()
             truth = masks[start:start + batch_size] > 0.5
             keep = labelled[start:start + batch_size]
-            for c in range(len(OUTPUTS)):
-                overlap[c] += 2 * np.sum(predicted[keep[:, c], c] & truth[keep[:, c], c])
-                total[c] += np.sum(predicted[keep[:, c], c]) + np.sum(truth[keep[:, c], c])
-    return {name: float(overlap[c] / total[c]) if total[c] else math.nan for c, name in enumerate(OUTPUTS)}
+            for c, output_counts in enumerate(counts):
+                add_counts(output_counts, logits[keep[:, c], c], truth[keep[:, c], c], (0.5,))
+    return {name: counts[c].dice()[0] for c, name in enumerate(OUTPUTS)}
 
 
 def make_card(config: TrainConfig, scores: dict | None = None, training_data: str = "") -> ModelCard:

@@ -16,7 +16,6 @@ Answers "would a stricter threshold buy specificity cheaply?". Not a test: no as
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import tempfile
 from pathlib import Path
@@ -52,7 +51,7 @@ def main() -> None:
     print(" | ".join(header))
     with tempfile.TemporaryDirectory() as work:
         for threshold in (float(t) for t in args.thresholds.split(",")):
-            variant = dataclasses.replace(model, card=dataclasses.replace(model.card, threshold=threshold))
+            variant = model.with_threshold(threshold)
             segmenter = SliceSegmenter(variant, select_device("cpu"))
             row = [f"{threshold:.2f}"]
             for part in parts.values():
