@@ -1,4 +1,5 @@
-"""Ground-glass opacity and consolidation: the found infection split by its density in HU.
+"""Rules on the found infection's density in HU: ground-glass opacity vs consolidation, and a floor under which
+"infection" is normal lung.
 
 Why density and not the network: the network sees the corpus' CLAHE representation, which equalises contrast
 locally and so erases the absolute density that tells the two apart. Measured on the 50 MedSeg slices with
@@ -11,6 +12,14 @@ dense enough to hide the vessels, ground glass is not), and quantitative CT pape
 The rule (which HU, how much in-plane smoothing against noise) lives in the model card, where
 ``python -m CovidSegLib.training.infection_split`` writes it with its cross-validated figures. Only voxels the
 model already called infection are split, so the union of the two classes is the infection, voxel for voxel.
+
+The floor (:class:`InfectionFloor`) answers the other side of the same representation problem: CLAHE makes a
+faintly denser patch of emphysematous or dependent lung look like ground glass. Ground-glass opacity is by
+definition denser than the lung around it, and quantitative CT puts it above about -750 HU (Lung CT Analyzer's
+"infiltrated" band starts there), so infection that is less dense than the floor after in-plane smoothing is
+given back to the lung it lies in. Its figures are in the card that sets it. It needs HU and a pixel size, so it
+runs where the other 3D post-processing runs (``covidseg segment``, the Slicer Logic) and not on lone slices
+(``predict-slices``), which have neither for certain.
 """
 
 from __future__ import annotations
@@ -40,6 +49,27 @@ class InfectionSplit:
 
     def card_entry(self) -> dict:
         return {"consolidation_min_hu": self.consolidation_min_hu, "smoothing_mm": self.smoothing_mm}
+
+
+@dataclass(frozen=True)
+class InfectionFloor:
+    """Infection less dense than ``min_hu`` after an in-plane Gaussian of ``smoothing_mm`` is normal lung."""
+
+    min_hu: float
+    smoothing_mm: float = 0.0
+
+    @classmethod
+    def from_card(cls, entry: dict | None) -> "InfectionFloor | None":
+        """The rule a card's ``infection_floor`` entry holds, or None when the card has none."""
+        if not entry:
+            return None
+        floor = cls(float(entry["min_hu"]), float(entry.get("smoothing_mm", 0.0)))
+        if not -1024 <= floor.min_hu <= 0 or floor.smoothing_mm < 0:
+            raise ValueError(f"infection_floor {entry} is not a density floor in lung (-1024..0 HU, smoothing >= 0)")
+        return floor
+
+    def card_entry(self) -> dict:
+        return {"min_hu": self.min_hu, "smoothing_mm": self.smoothing_mm}
 
 
 def smoothed_density(hu: np.ndarray, pixel_mm: tuple[float, float], smoothing_mm: float) -> np.ndarray:
@@ -74,6 +104,22 @@ def split_infection(labels: np.ndarray, hu: np.ndarray, pixel_mm: tuple[float, f
         volume_split[k][box][inside & dense] = CONSOLIDATION
         volume_split[k][box][inside & ~dense] = GGO
     return split
+
+
+def apply_infection_floor(infection: np.ndarray, hu: np.ndarray, pixel_mm: tuple[float, float],
+                          floor: InfectionFloor) -> np.ndarray:
+    """``infection`` (``[k, rows, cols]``) without the voxels less dense than ``floor``; ``pixel_mm`` is the (row,
+    column) spacing. Slice by slice over each slice's infection box, as :func:`split_infection`: memory stays one
+    box of float32 whatever the CT's size."""
+    if infection.shape != hu.shape:
+        raise ValueError(f"infection {infection.shape} and HU {hu.shape} are not on one grid")
+    kept = infection.copy()
+    margin = int(np.ceil(4 * floor.smoothing_mm / min(pixel_mm)))
+    for k in np.flatnonzero(infection.any(axis=(1, 2))):
+        box = _bounding_box(infection[k], margin)
+        dense_enough = smoothed_density(hu[k][box], pixel_mm, floor.smoothing_mm) >= floor.min_hu
+        kept[k][box] &= dense_enough
+    return kept
 
 
 def _bounding_box(mask: np.ndarray, margin: int) -> tuple[slice, slice]:

@@ -17,7 +17,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .density import split_infection
+from .density import apply_infection_floor, split_infection
 from .errors import Cancelled, CovidSegError
 from .labels import LabelInfo, output_labels
 from .model import LoadedModel
@@ -310,11 +310,16 @@ def segment_volume(
         paste_masks(segmenter, interpolate_logits(logits, chunk), chunk[:, 0].astype(int), box, lungs, infection)
         report(0.8 + 0.1 * min(start + chunk_size, len(between)) / len(between))
     network_done = time.perf_counter()
+    spacing = canonical.geometry.spacing
+    pixel_rows_cols = (float(spacing[1]), float(spacing[0]))
+    floor = model.card.floor_rule()
+    if floor is not None:
+        lungs |= infection  # what falls under the floor stays lung; postprocess decides lungs on the union anyway
+        infection = apply_infection_floor(infection, hu, pixel_rows_cols, floor)
     labels = postprocess(lungs, infection, canonical.geometry, body=body)
     rule = model.card.split_rule() if separate_infection else None
     if rule is not None:
-        spacing = canonical.geometry.spacing
-        labels = split_infection(labels, hu, (float(spacing[1]), float(spacing[0])), rule)
+        labels = split_infection(labels, hu, pixel_rows_cols, rule)
     labels = from_canonical(labels, plan)
     report(1.0)
     finished = time.perf_counter()

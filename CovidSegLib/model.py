@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .density import InfectionSplit
+from .density import InfectionFloor, InfectionSplit
 from .errors import ModelError
 from .representation import Preprocessing
 
@@ -56,6 +56,8 @@ class ModelCard:
     #: how the engine splits infection into ground-glass opacity and consolidation (CovidSegLib.density);
     #: empty: the model's infection stays one label
     infection_split: dict[str, Any] = field(default_factory=dict)
+    #: infection less dense than this is given back to the lung (CovidSegLib.density); empty: no floor
+    infection_floor: dict[str, Any] = field(default_factory=dict)
     format: str = CARD_FORMAT
 
     def to_json(self) -> str:
@@ -83,6 +85,7 @@ class ModelCard:
             document["limitations"] = tuple(document.get("limitations", ()))
             card = cls(**document)
             card.split_rule()  # a rule the engine cannot read is refused now, not in the middle of a CT
+            card.floor_rule()
             return card
         except (TypeError, KeyError, ValueError) as error:
             raise ModelError(f"{source}: model card fields are wrong ({error})") from None
@@ -90,6 +93,10 @@ class ModelCard:
     def split_rule(self) -> "InfectionSplit | None":
         """The card's ground-glass opacity / consolidation rule, or None when it keeps infection whole."""
         return InfectionSplit.from_card(self.infection_split)
+
+    def floor_rule(self) -> "InfectionFloor | None":
+        """The card's infection density floor, or None when every voxel the network calls infection stays so."""
+        return InfectionFloor.from_card(self.infection_floor)
 
     def output_index(self, name: str) -> int:
         if name not in self.outputs:
@@ -137,6 +144,10 @@ class LoadedModel:
     def with_threshold(self, threshold: float) -> "LoadedModel":
         """The same network under another probability threshold (sweeps and reports; the card file is untouched)."""
         return replace(self, card=replace(self.card, threshold=threshold))
+
+    def with_floor(self, floor: "InfectionFloor | None") -> "LoadedModel":
+        """The same network under another infection density floor, or none (studies; the card file is untouched)."""
+        return replace(self, card=replace(self.card, infection_floor=floor.card_entry() if floor else {}))
 
 
 def load_model(card_path: str | Path | None = None) -> LoadedModel:

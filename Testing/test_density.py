@@ -1,5 +1,6 @@
-"""Ground-glass opacity and consolidation told apart by density: on a real HU slice with the expert's infection,
-and the rule's choice by cross-validation on MedSeg's expert GGO / consolidation masks."""
+"""Density rules on real HU slices with the expert's infection: ground-glass opacity and consolidation told apart
+(and the rule's choice by cross-validation on MedSeg's expert GGO / consolidation masks), and the floor under which
+infection is normal lung, in the engine."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from CovidSegLib.density import InfectionSplit, smoothed_density, split_infection
+from CovidSegLib.density import (InfectionFloor, InfectionSplit, apply_infection_floor, smoothed_density,
+                                 split_infection)
 from CovidSegLib.errors import ModelError
 from CovidSegLib.labels import CONSOLIDATION, GGO, INFECTION, LEFT_LUNG
 from CovidSegLib.model import BUNDLED_CARD, ModelCard
@@ -93,3 +95,50 @@ def test_rule_chosen_by_cross_validation_separates_medseg_classes(slices: Path) 
     assert result["pooled_dice"]["consolidation"] > 0.5  # measured 0.63
     assert result["pooled_dice"]["ggo"] > all_ggo["ggo"]  # measured 0.72 against 0.69
     assert all(r["consolidation_min_hu"] in (-600.0, -460.0, -300.0) for r in result["rules_chosen_per_fold"])
+
+
+def test_floor_gives_faint_infection_back_and_keeps_the_rest(infected_slice) -> None:
+    hu, labels = infected_slice
+    infection = (labels == INFECTION)[None]
+    floor = InfectionFloor(min_hu=-700.0, smoothing_mm=2.1)
+    kept = apply_infection_floor(infection, hu[None], (0.75, 0.75), floor)
+    density = smoothed_density(hu, (0.75, 0.75), floor.smoothing_mm)
+    assert not (kept & ~infection).any(), "a floor only takes infection away"
+    assert kept.any() and (infection & ~kept).any(), "this slice's lesion has faint and dense parts"
+    assert np.array_equal(kept[0], infection[0] & (density >= floor.min_hu)), "the box smooths as the whole slice"
+    assert np.array_equal(apply_infection_floor(infection, hu[None], (0.75, 0.75), InfectionFloor(-1024.0)),
+                          infection)
+    with pytest.raises(ValueError, match="not on one grid"):
+        apply_infection_floor(infection[:, :-1], hu[None], (0.75, 0.75), floor)
+
+
+def test_a_card_floor_is_read_checked_and_run_by_the_engine(infected_slice, tmp_path: Path) -> None:
+    """Through ``covidseg segment``'s path on a real COVID-19 slice (stacked into a 5-slice volume): the floor
+    the card names takes the faint infection away, and those voxels stay lung."""
+    import SimpleITK as sitk
+
+    from CovidSegLib.model import load_model
+    from CovidSegLib.pipeline import SegmentOptions, segment_file
+
+    document = json.loads(BUNDLED_CARD.read_text(encoding="utf-8"))
+    for wrong in ({"smoothing_mm": 2.0}, {"min_hu": 200.0}, {"min_hu": -800.0, "smoothing_mm": -1.0}):
+        document["infection_floor"] = wrong
+        with pytest.raises(ModelError, match="min_hu|density floor"):
+            ModelCard.from_json(json.dumps(document), "broken.json")
+    assert ModelCard.from_json(json.dumps({**document, "infection_floor": {}}), "c.json").floor_rule() is None
+
+    hu, _ = infected_slice
+    image = sitk.GetImageFromArray(np.repeat(np.rot90(hu)[None], 5, axis=0).astype(np.int16))
+    image.SetSpacing((0.75, 0.75, 1.0))
+    sitk.WriteImage(image, str(tmp_path / "ct.nrrd"))
+    model = load_model()
+    options = SegmentOptions(device="cpu", separate_infection=False)
+    plain = segment_file(tmp_path / "ct.nrrd", tmp_path / "plain.seg.nrrd", model, options).labels
+    floor = InfectionFloor(min_hu=-700.0, smoothing_mm=2.1)
+    floored = segment_file(tmp_path / "ct.nrrd", tmp_path / "floored.seg.nrrd", model.with_floor(floor),
+                           options).labels
+    taken = (plain == INFECTION) & (floored != INFECTION)
+    assert taken.any() and not ((floored == INFECTION) & (plain != INFECTION)).any()
+    assert np.array_equal(plain > 0, floored > 0), "what the floor takes stays lung, the lungs do not move"
+    density = smoothed_density(sitk.GetArrayFromImage(image), (0.75, 0.75), floor.smoothing_mm)
+    assert np.median(density[taken]) < floor.min_hu

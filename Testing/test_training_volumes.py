@@ -180,7 +180,7 @@ def test_cross_validation_trains_every_fold_and_the_report_scores_each_on_its_ow
     # the HU slices stand in here for a patient group of the run (the volume): its own fold's model scores them
     crossval_report.main([write_config("cv.json", config), "--thresholds", "0.5,0.9", "--json",
                           str(tmp_path / "r.json"), "--hu-slices", str(slices / "hu_infection"),
-                          "--hu-slices-group", "coronacases_001"])
+                          "--hu-slices-group", "coronacases_001", "--floors=none,-800"])
     report = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))["cv.json"]
     assert report["folds_scored"] == [0, 1] and report["chosen_threshold"] in (0.5, 0.9)
     volume_fold = next(fold for fold in (0, 1)
@@ -202,6 +202,14 @@ def test_cross_validation_trains_every_fold_and_the_report_scores_each_on_its_ow
     for figures in measured[0]["totalseg"]:
         assert figures["false_infection_ml"] >= 0 and isinstance(figures["no_lung"], bool)
         assert 0 <= figures["slices_with_false_infection"] <= figures["slices_with_lung"] or figures["no_lung"]
+    # under each floor: the same CT and slices at the card's threshold; a floor only ever takes infection away
+    assert report["floors"] == [None, {"min_hu": -800.0, "smoothing_mm": 2.1}]
+    [(name, (unfloored, floored))] = report["floored"]["healthy_volumes"].items()
+    assert name.startswith("totalseg (fold ")
+    assert unfloored == measured[0]["totalseg"][0], "no floor at the card's threshold is the 0.5 column"
+    assert floored["false_infection_ml"] <= unfloored["false_infection_ml"]
+    assert len(report["floored"]["hu_slices"]) == 2 and report["floored"]["hu_slices"][0] == \
+        report["hu_slices"]["infection"][0]
     # fold models trained on other folds than a configuration deals are refused, not scored on their own patients
     with pytest.raises(ValueError, match="medseg_in_folds"):
         crossval_report.main([write_config("other.json", replace(config, medseg_in_folds=False))])

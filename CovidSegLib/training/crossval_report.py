@@ -1,7 +1,7 @@
 """Cross-validated figures of k-fold runs, and the probability threshold chosen on them.
 
     python -m CovidSegLib.training.crossval_report CONFIG.json [CONFIG.json ...] [--thresholds 0.3,0.5,0.7]
-        [--hu-slices DIR [--hu-slices-group corpus/0-159]] [--json OUT.json]
+        [--hu-slices DIR [--hu-slices-group corpus/0-159]] [--floors=-850,-800,-750] [--json OUT.json]
 
 Each fold's model is scored on that fold's validation patients only (it never trained on them), and the folds
 are pooled, so every patient group counts once (each slice in its first rendering, the model's own). At each
@@ -18,6 +18,11 @@ probability threshold (a card has one, for lungs and infection alike):
 - the HU slices with expert infection (``--hu-slices``), through ``covidseg segment``'s path as the report runs
   them, by the one fold model that never saw their patient (``--hu-slices-group``): the only product-path
   infection figure on COVID-19 CT that is not a fit.
+
+With ``--floors``, the last two (the figures in HU through the product path) are measured again under each
+infection density floor (:class:`CovidSegLib.density.InfectionFloor`, at ``--floor-smoothing`` mm and the
+cards' own threshold): a floor is chosen on what it takes from these positives and negatives, never on the CTs
+kept out of training.
 
 The threshold a run would ship is the one of best pooled infection Dice over all validation slices: it weighs
 infection found against infection invented, on patients no fold model trained on, and it looks neither at the
@@ -37,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..density import InfectionFloor
 from ..inference import SliceSegmenter, select_device
 from ..model import LoadedModel, load_model
 from ..writing import write_text
@@ -64,11 +70,19 @@ class FoldFigures:
     all_infection: DiceCounts
     healthy_volumes: dict[str, list[dict]] = field(default_factory=dict)  # name -> one entry per threshold
     hu_slices_infection: list[float] | None = None  # pooled Dice per threshold, when this fold holds their patient
+    #: the same two at the card's threshold, one entry per infection density floor (``--floors``)
+    healthy_volumes_floored: dict[str, list[dict]] = field(default_factory=dict)
+    hu_slices_floored: list[float] | None = None
+
+
+HEALTHY_FIGURES = ("false_infection_ml", "slices_with_false_infection", "slices_with_lung", "no_lung")
 
 
 def score_fold(fold: int, model: LoadedModel, validation: SliceSet, healthy_cts: dict[str, Path],
-               thresholds: tuple[float, ...], work: Path, batch: int = 32) -> FoldFigures:
-    """``model`` (trained without ``fold``) on ``validation`` (that fold's patients) at every threshold."""
+               thresholds: tuple[float, ...], work: Path, batch: int = 32,
+               floors: tuple[InfectionFloor | None, ...] = ()) -> FoldFigures:
+    """``model`` (trained without ``fold``) on ``validation`` (that fold's patients) at every threshold, and its
+    CTs without COVID-19 under every floor."""
     from .slices import resize_masks
 
     healthy = np.isin(validation.groups, list(healthy_cts))
@@ -93,11 +107,13 @@ def score_fold(fold: int, model: LoadedModel, validation: SliceSet, healthy_cts:
     for name, ct in healthy_cts.items():
         if name not in validation.groups:
             continue
-        figures.healthy_volumes[name] = []
-        for threshold in thresholds:
-            scores = healthy_volume_scores(model.with_threshold(threshold), ct, work)
-            figures.healthy_volumes[name].append({k: scores[k] for k in (
-                "false_infection_ml", "slices_with_false_infection", "slices_with_lung", "no_lung")})
+        figures.healthy_volumes[name] = [
+            {k: v for k, v in healthy_volume_scores(model.with_threshold(t), ct, work).items() if k in HEALTHY_FIGURES}
+            for t in thresholds]
+        if floors:
+            figures.healthy_volumes_floored[name] = [
+                {k: v for k, v in healthy_volume_scores(model.with_floor(f), ct, work).items() if k in HEALTHY_FIGURES}
+                for f in floors]
     return figures
 
 
@@ -131,7 +147,7 @@ def fold_card(config: TrainConfig, fold: int) -> Path:
 
 
 def score_run(config_path: Path, thresholds: tuple[float, ...], hu_slices: tuple[Path, str] | None = None,
-              log=print) -> list[FoldFigures]:
+              floors: tuple[InfectionFloor | None, ...] = (), log=print) -> list[FoldFigures]:
     """Every exported fold model of a k-fold configuration, on its own fold's validation patients; ``hu_slices``
     (folder, patient group) are scored by the fold model that validates on that group."""
     config = TrainConfig.from_file(config_path)
@@ -149,11 +165,13 @@ def score_run(config_path: Path, thresholds: tuple[float, ...], hu_slices: tuple
             _, validation, how = fold_sets(pool, fold_of, fold)
             model = load_model(card)
             check_fold_model(config, fold, model, card)
-            figures = score_fold(fold, model, validation, cts, thresholds, Path(work))
+            figures = score_fold(fold, model, validation, cts, thresholds, Path(work), floors=floors)
             if hu_slices is not None and fold_of.get(hu_slices[1]) == fold:
-                figures.hu_slices_infection = [
-                    hu_slice_scores(model.with_threshold(t), hu_slices[0], Path(work))["infection"]["pooled_dice"]
-                    for t in thresholds]
+                def hu_dice(variant: LoadedModel) -> float:
+                    return hu_slice_scores(variant, hu_slices[0], Path(work))["infection"]["pooled_dice"]
+                figures.hu_slices_infection = [hu_dice(model.with_threshold(t)) for t in thresholds]
+                if floors:
+                    figures.hu_slices_floored = [hu_dice(model.with_floor(f)) for f in floors]
             results.append(figures)
             log(f"{config_path.name}: {how}; {figures.corpus_slices} corpus slices, {figures.medseg_slices} MedSeg "
                 f"slices, {figures.healthy_slices} slices of CTs without COVID-19 "
@@ -161,7 +179,8 @@ def score_run(config_path: Path, thresholds: tuple[float, ...], hu_slices: tuple
     return results
 
 
-def summarise(folds: list[FoldFigures], thresholds: tuple[float, ...]) -> dict:
+def summarise(folds: list[FoldFigures], thresholds: tuple[float, ...],
+              floors: tuple[InfectionFloor | None, ...] = ()) -> dict:
     """Pooled over folds (each patient group once) and per fold, per threshold; and the chosen threshold."""
     def pooled(attribute: str) -> list[float]:
         return sum((getattr(f, attribute) for f in folds), DiceCounts.zeros(len(thresholds))).dice()
@@ -181,6 +200,11 @@ def summarise(folds: list[FoldFigures], thresholds: tuple[float, ...]) -> dict:
                      for f in folds},
         "hu_slices": next(({"fold": f.fold, "infection": f.hu_slices_infection} for f in folds
                            if f.hu_slices_infection is not None), None),
+        "floors": [f.card_entry() if f else None for f in floors],
+        "floored": {"healthy_volumes": {f"{name} (fold {f.fold})": entries for f in folds
+                                        for name, entries in f.healthy_volumes_floored.items()},
+                    "hu_slices": next((f.hu_slices_floored for f in folds if f.hu_slices_floored is not None),
+                                      None)},
         "chosen_threshold": thresholds[best] if best is not None else None,
         "chosen_by": "best pooled infection Dice over all validation slices (the corpus' and MedSeg's COVID-19 "
                      "slices and the CTs without COVID-19), folds pooled",
@@ -207,11 +231,31 @@ def print_summary(name: str, summary: dict) -> None:
                " ".join(f"{d:.3f}" for d in per_fold) + (
                    f" (mean {np.mean(per_fold):.3f} sd {np.std(per_fold, ddof=1):.3f})" if len(per_fold) > 1 else "")]
         for fold, volume in volumes:
-            entry = summary["per_fold"][fold]["healthy_volumes"][volume][index]
-            row.append("no lung" if entry["no_lung"] else
-                       f"{entry['false_infection_ml']:.1f}/{entry['slices_with_false_infection']}")
+            row.append(healthy_cell(summary["per_fold"][fold]["healthy_volumes"][volume][index]))
         if hu_slices is not None:
             row.append(f"{hu_slices['infection'][index]:.3f}")
+        print(" | ".join(row), flush=True)
+    if summary["floors"]:
+        print_floors(summary)
+
+
+def healthy_cell(entry: dict) -> str:
+    if entry["no_lung"]:
+        return "no lung"
+    return f"{entry['false_infection_ml']:.1f}/{entry['slices_with_false_infection']}"
+
+
+def print_floors(summary: dict) -> None:
+    """One row per infection density floor: false infection (mL/slices) and the HU slices' pooled Dice."""
+    volumes = summary["floored"]["healthy_volumes"]
+    hu_slices = summary["floored"]["hu_slices"]
+    print("infection density floor (at each card's threshold) | " + " | ".join(f"{v} mL/slices" for v in volumes)
+          + (" | HU slices" if hu_slices is not None else ""))
+    for index, floor in enumerate(summary["floors"]):
+        row = ["none" if floor is None else f"{floor['min_hu']:g} HU after {floor['smoothing_mm']:g} mm"]
+        row += [healthy_cell(entries[index]) for entries in volumes.values()]
+        if hu_slices is not None:
+            row.append(f"{hu_slices[index]:.3f}")
         print(" | ".join(row), flush=True)
 
 
@@ -222,15 +266,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hu-slices", type=Path, help="HU slices with expert infection (hu_infection folder)")
     parser.add_argument("--hu-slices-group", default="corpus/0-159",
                         help="their patient group (the shared data README: the corpus' first patient, 0-158)")
+    parser.add_argument("--floors", help="infection density floors in HU to measure, 'none' for no floor "
+                        "(e.g. --floors=none,-850,-800,-750)")
+    parser.add_argument("--floor-smoothing", type=float, default=2.1,
+                        help="in-plane Gaussian (mm) before the floor (default 2.1)")
     parser.add_argument("--json", type=Path, help="also write every figure here")
     args = parser.parse_args(argv)
     thresholds = tuple(float(t) for t in args.thresholds.split(","))
     if not all(0 < t < 1 for t in thresholds):
         parser.error(f"thresholds must lie between 0 and 1: {args.thresholds}")
+    try:
+        floors = tuple(None if f.strip() == "none" else InfectionFloor.from_card(
+            {"min_hu": float(f), "smoothing_mm": args.floor_smoothing}) for f in args.floors.split(",")
+        ) if args.floors else ()
+    except ValueError as error:
+        parser.error(f"--floors {args.floors}: {error}")
     summaries = {}
     for config_path in args.configs:
         hu_slices = (args.hu_slices, args.hu_slices_group) if args.hu_slices else None
-        summaries[config_path.name] = summarise(score_run(config_path, thresholds, hu_slices), thresholds)
+        summaries[config_path.name] = summarise(score_run(config_path, thresholds, hu_slices, floors), thresholds,
+                                                floors)
         print_summary(config_path.name, summaries[config_path.name])
     if args.json:
         write_text(args.json, json.dumps(without_nan(summaries), indent=1))
