@@ -129,7 +129,7 @@ def test_quantify_volumes_match_voxel_counts(scene, volumes: Path, logic_model: 
     consolidation = logic.segment_mask(segmentation_node, "consolidation", volume)
     right = logic.segment_mask(segmentation_node, "right_lung", volume)
     infection = ggo | consolidation
-    assert infection.any(), "CTChest's false infection (the card: 15.9 mL) is what this counts"
+    assert infection.any(), "CTChest's false infection (the card: 1.8 mL) is what this counts"
     total_ml = (left.sum() + right.sum() + infection.sum()) * voxel_ml
     assert table.GetTable().GetValue(2, 1).ToDouble() == pytest.approx(total_ml)
     assert table.GetTable().GetValue(2, 2).ToDouble() == pytest.approx(infection.sum() * voxel_ml)

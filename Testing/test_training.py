@@ -140,15 +140,15 @@ def test_continuity_groups_cut_at_patient_changes(slices: Path) -> None:
 
 
 def test_recorded_training_configurations_are_valid() -> None:
-    """Resources/training/ holds the bundled model's two stages and its leave-one-source-out siblings'. A second
-    stage starts from its first stage's export and trains on the same data at a lower learning rate."""
+    """Resources/training/ holds the k-fold recipes, the bundled model's recipe (the one k-fold chose, trained
+    on every patient group) and the leave-one-source-out siblings'. A second stage starts from its first
+    stage's export and trains on the same data at a lower learning rate."""
     folder = Path(__file__).resolve().parents[1] / "Resources" / "training"
     configs = {p.stem: TrainConfig.from_file(p) for p in folder.glob("*.json")}
-    assert set(configs) == {"bundled", "bundled-continued", "corpus-only", "corpus-only-continued", "medseg-only",
+    assert set(configs) == {"bundled", "corpus-only", "corpus-only-continued", "medseg-only",
                             "kfold-with-medseg", "kfold-with-medseg-continued", "kfold-corpus-only",
                             "kfold-corpus-only-continued"}
-    for stage_1, stage_2 in ((configs["bundled"], configs["bundled-continued"]),
-                             (configs["corpus-only"], configs["corpus-only-continued"]),
+    for stage_1, stage_2 in ((configs["corpus-only"], configs["corpus-only-continued"]),
                              (configs["kfold-with-medseg"], configs["kfold-with-medseg-continued"]),
                              (configs["kfold-corpus-only"], configs["kfold-corpus-only-continued"])):
         fold = "fold-{fold}" if stage_1.folds else ""  # a k-fold second stage starts from its own fold's first
@@ -157,8 +157,6 @@ def test_recorded_training_configurations_are_valid() -> None:
         assert stage_2.out_dir != stage_1.out_dir and stage_2.learning_rate < stage_1.learning_rate
         assert (stage_2.corpus, stage_2.medseg, stage_2.healthy_volumes) == \
             (stage_1.corpus, stage_1.medseg, stage_1.healthy_volumes)
-    second = configs["bundled-continued"]
-    assert configs["bundled"].corpus and configs["bundled"].medseg
     assert configs["corpus-only"].corpus and not configs["corpus-only"].medseg
     assert configs["medseg-only"].medseg and not configs["medseg-only"].corpus
     # the k-fold pair differs in MedSeg only, and neither starts from a model that saw every fold
@@ -167,10 +165,16 @@ def test_recorded_training_configurations_are_valid() -> None:
     assert not with_medseg.init_model and not corpus_only.init_model
     assert (with_medseg.epochs, with_medseg.learning_rate, with_medseg.healthy_volumes) == \
         (corpus_only.epochs, corpus_only.learning_rate, corpus_only.healthy_volumes)
-    assert configs["bundled"].healthy_volumes and configs["bundled"].preprocessing().mode == "clahe"
+    # the bundled model is the chosen recipe (corpus only, stage 1) on every group but the corpus' test groups
+    bundled = configs["bundled"]
+    assert bundled.validation_trains and not bundled.folds and not bundled.init_model
+    recipe = ("corpus", "medseg", "healthy_volumes", "epochs", "learning_rate", "batch_size", "input_size", "seed",
+              "cpu_bf16", "clip_hu")
+    assert all(getattr(bundled, name) == getattr(corpus_only, name) for name in recipe)
+    assert bundled.preprocessing().mode == "clahe"
     bundled_card = json.loads((folder.parent / "model" / "covidseg-unet.json").read_text(encoding="utf-8"))
-    assert bundled_card["training_config"]["input_size"] == configs["bundled"].input_size
-    assert bundled_card["training_config"]["learning_rate"] == second.learning_rate  # the card is the second stage's
+    recorded = {k: v for k, v in json.loads(json.dumps(asdict(bundled))).items() if k != "out_dir"}
+    assert bundled_card["training_config"] == recorded, "the card is this recipe's model"
     assert bundled_card["preprocessing"] == json.loads(json.dumps(asdict(configs["bundled"].preprocessing())))
 
 
