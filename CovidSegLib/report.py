@@ -90,10 +90,15 @@ class FalseInfectionFloor:
                 "card): it may be entirely false infection.")
 
 
+#: Card score entries that hold other models' figures (k-fold models, siblings, an earlier stage): not this one's.
+OTHER_MODELS_SCORES = ("cross_validation", "leave_one_source_out", "stage_1")
+
+
 def false_infection_floor(model_name: str, scores: Mapping[str, Any]) -> FalseInfectionFloor | None:
     """The floor from a model card's scores, wherever they record ``false_infection_ml`` on a CT the model was
     not trained on (read from the card, not hard-coded: every retrained model measures its own; a CT it trained
-    on would understate it) and whose geometry drew no warning (a CT the tool already warns about, such as
+    on would understate it; other models' figures in the card, such as the k-fold models', are not its own)
+    and whose geometry drew no warning (a CT the tool already warns about, such as
     5 mm pixels, says nothing about the CT it accepts); None if they never do."""
     found: dict[str, float] = {}
 
@@ -103,7 +108,8 @@ def false_infection_floor(model_name: str, scores: Mapping[str, Any]) -> FalseIn
                     and not value.get("geometry_warnings"):
                 found[name] = float(value[FALSE_INFECTION_KEY])
             for key, inner in value.items():
-                visit(str(key), inner)
+                if key not in OTHER_MODELS_SCORES:
+                    visit(str(key), inner)
 
     visit("scores", scores)
     if not found:

@@ -190,6 +190,9 @@ def test_the_floor_comes_from_held_out_ct_only() -> None:
     # a CT it trained on would understate it; a CT the tool warns about says nothing of those it accepts
     assert floor.ml == 12.0 and floor.measured_on == ("held: 12 mL",)
     assert false_infection_floor("x", {"held_out": {"lungs": 0.9}}) is None
+    # figures of other models in the card (k-fold models, siblings) are not this model's
+    other = {"cross_validation": {"with_medseg": {"popi (fold 1)": {"false_infection_ml": 146.0}}}}
+    assert false_infection_floor("m", {**scores, **other}).ml == 12.0
 
 
 def test_infection_below_the_models_false_infection_floor_is_flagged(volumes: Path, tmp_path: Path) -> None:

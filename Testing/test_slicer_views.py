@@ -66,10 +66,15 @@ def rendered(volumes: Path, tmp_path_factory):
     return pictures, labels, k, case, views
 
 
+#: Infection voxels a slice needs for its colour to be checked: the bundled model finds only 1.8 mL (about 19 voxels
+#: of 3x3x10 mm) of false infection on CTChest, 14 of them on one slice.
+MIN_SHOWN_VOXELS = 5
+
+
 def picture_slice(labels: np.ndarray) -> int:
     """The axial slice with the most lung among those showing some infection (any slice if none does)."""
     lung = np.isin(labels, (LEFT_LUNG, RIGHT_LUNG, *INFECTION_VALUES)).sum(axis=(1, 2))
-    infected = np.isin(labels, INFECTION_VALUES).sum(axis=(1, 2)) >= 20
+    infected = np.isin(labels, INFECTION_VALUES).sum(axis=(1, 2)) >= MIN_SHOWN_VOXELS
     return int(np.argmax(np.where(infected, lung, -1) if infected.any() else lung))
 
 
@@ -126,11 +131,14 @@ def test_axial_view_shows_the_infection_where_the_model_found_it(rendered) -> No
     is drawn in its own colour."""
     pictures, labels, k, _, _ = rendered
     shown = {value: int((labels[k] == value).sum()) for value in INFECTION_VALUES}
-    if max(shown.values()) < 20:
+    if max(shown.values()) < MIN_SHOWN_VOXELS:
         pytest.skip(f"the model finds too little infection in ctchest4 ({shown} voxels on slice {k})")
     for value, voxels in shown.items():
-        if voxels >= 20:
-            assert colour_mask(pictures["red"], LABELS_BY_VALUE[value].color).sum() > 20, value
+        drawn = colour_mask(pictures["red"], LABELS_BY_VALUE[value].color).sum()
+        if voxels >= MIN_SHOWN_VOXELS:
+            assert drawn > 2 * voxels, (value, voxels, drawn)  # a 3 mm voxel spans several screen pixels
+        elif voxels == 0:
+            assert drawn < 5, (value, drawn)
 
 
 def test_3d_view_shows_both_lung_surfaces_from_the_front(rendered) -> None:
