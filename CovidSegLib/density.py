@@ -25,6 +25,7 @@ runs where the other 3D post-processing runs (``covidseg segment``, the Slicer L
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 from scipy import ndimage
@@ -95,12 +96,9 @@ def split_infection(labels: np.ndarray, hu: np.ndarray, pixel_mm: tuple[float, f
         raise ValueError(f"labels {labels.shape} and HU {hu.shape} are not on one grid")
     split = labels.copy()
     volume_labels, volume_hu, volume_split = (a[None] if a.ndim == 2 else a for a in (labels, hu, split))
-    margin = int(np.ceil(4 * rule.smoothing_mm / min(pixel_mm)))  # the Gaussian's reach (scipy truncates at 4 sigma)
-    for k in np.flatnonzero((volume_labels == INFECTION).any(axis=(1, 2))):
-        infection = volume_labels[k] == INFECTION
-        box = _bounding_box(infection, margin)
-        dense = smoothed_density(volume_hu[k][box], pixel_mm, rule.smoothing_mm) >= rule.consolidation_min_hu
-        inside = infection[box]
+    for k, box, dense in _dense_in_infection_boxes(volume_labels == INFECTION, volume_hu, pixel_mm,
+                                                   rule.smoothing_mm, rule.consolidation_min_hu):
+        inside = volume_labels[k][box] == INFECTION
         volume_split[k][box][inside & dense] = CONSOLIDATION
         volume_split[k][box][inside & ~dense] = GGO
     return split
@@ -114,12 +112,21 @@ def apply_infection_floor(infection: np.ndarray, hu: np.ndarray, pixel_mm: tuple
     if infection.shape != hu.shape:
         raise ValueError(f"infection {infection.shape} and HU {hu.shape} are not on one grid")
     kept = infection.copy()
-    margin = int(np.ceil(4 * floor.smoothing_mm / min(pixel_mm)))
+    for k, box, dense in _dense_in_infection_boxes(infection, hu, pixel_mm, floor.smoothing_mm, floor.min_hu):
+        kept[k][box] &= dense
+    return kept
+
+
+def _dense_in_infection_boxes(infection: np.ndarray, hu: np.ndarray, pixel_mm: tuple[float, float],
+                              smoothing_mm: float, min_hu: float
+                              ) -> Iterator[tuple[int, tuple[slice, slice], np.ndarray]]:
+    """For each slice ``k`` of ``infection`` (``[k, rows, cols]``) with some: its infection's box, widened by the
+    smoothing's reach (scipy truncates at 4 sigma, so inside the box the density is the whole slice's), and where
+    the smoothed HU in that box is at least ``min_hu``. Memory stays one box of float32 whatever the CT's size."""
+    margin = int(np.ceil(4 * smoothing_mm / min(pixel_mm)))
     for k in np.flatnonzero(infection.any(axis=(1, 2))):
         box = _bounding_box(infection[k], margin)
-        dense_enough = smoothed_density(hu[k][box], pixel_mm, floor.smoothing_mm) >= floor.min_hu
-        kept[k][box] &= dense_enough
-    return kept
+        yield int(k), box, smoothed_density(hu[k][box], pixel_mm, smoothing_mm) >= min_hu
 
 
 def _bounding_box(mask: np.ndarray, margin: int) -> tuple[slice, slice]:

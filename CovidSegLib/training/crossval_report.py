@@ -110,14 +110,15 @@ def score_fold(fold: int, model: LoadedModel, validation: SliceSet, healthy_cts:
     for name, ct in healthy_cts.items():
         if name not in validation.groups:
             continue
-        figures.healthy_volumes[name] = [
-            {k: v for k, v in healthy_volume_scores(model.with_threshold(t), ct, work).items() if k in HEALTHY_FIGURES}
-            for t in thresholds]
+        figures.healthy_volumes[name] = [healthy_figures(model.with_threshold(t), ct, work) for t in thresholds]
         if floors:
-            figures.healthy_volumes_floored[name] = [
-                {k: v for k, v in healthy_volume_scores(model.with_floor(f), ct, work).items() if k in HEALTHY_FIGURES}
-                for f in floors]
+            figures.healthy_volumes_floored[name] = [healthy_figures(model.with_floor(f), ct, work) for f in floors]
     return figures
+
+
+def healthy_figures(variant: LoadedModel, ct: Path, work: Path) -> dict:
+    """The false-infection figures of one CT without COVID-19 through ``covidseg segment``'s path."""
+    return {k: v for k, v in healthy_volume_scores(variant, ct, work).items() if k in HEALTHY_FIGURES}
 
 
 #: The fields of a training configuration that decide which patients validate in which fold.
