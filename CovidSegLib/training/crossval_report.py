@@ -22,7 +22,8 @@ probability threshold (a card has one, for lungs and infection alike):
 With ``--floors``, the last two (the figures in HU through the product path) are measured again under each
 infection density floor (:class:`CovidSegLib.density.InfectionFloor`, at ``--floor-smoothing`` mm and the
 cards' own threshold): a floor is chosen on what it takes from these positives and negatives, never on the CTs
-kept out of training.
+kept out of training. Every threshold and floor runs the product path anew, but the network's output for each
+CT is computed once and re-thresholded (:mod:`.memo`).
 
 The threshold it names (``chosen_threshold``) is the one of best pooled infection Dice over all validation
 slices: it weighs infection found against infection invented, on patients no fold model trained on, and it looks
@@ -50,6 +51,7 @@ from ..inference import SliceSegmenter, select_device
 from ..model import LoadedModel, load_model
 from ..writing import write_text
 from .data import CORPUS_GROUP, SliceSet
+from .memo import memoised
 from .report import healthy_volume_scores, hu_slice_scores, without_nan
 from .sources import MEDSEG_BLOCK, fold_pool, fold_sets
 from .train import DiceCounts, TrainConfig, add_counts
@@ -110,9 +112,10 @@ def score_fold(fold: int, model: LoadedModel, validation: SliceSet, healthy_cts:
     for name, ct in healthy_cts.items():
         if name not in validation.groups:
             continue
-        figures.healthy_volumes[name] = [healthy_figures(model.with_threshold(t), ct, work) for t in thresholds]
+        once = memoised(model)  # every threshold and floor runs segment's path; the network runs once per CT
+        figures.healthy_volumes[name] = [healthy_figures(once.with_threshold(t), ct, work) for t in thresholds]
         if floors:
-            figures.healthy_volumes_floored[name] = [healthy_figures(model.with_floor(f), ct, work) for f in floors]
+            figures.healthy_volumes_floored[name] = [healthy_figures(once.with_floor(f), ct, work) for f in floors]
     return figures
 
 
@@ -173,9 +176,10 @@ def score_run(config_path: Path, thresholds: tuple[float, ...], hu_slices: tuple
             if hu_slices is not None and fold_of.get(hu_slices[1]) == fold:
                 def hu_dice(variant: LoadedModel) -> float:
                     return hu_slice_scores(variant, hu_slices[0], Path(work))["infection"]["pooled_dice"]
-                figures.hu_slices_infection = [hu_dice(model.with_threshold(t)) for t in thresholds]
+                once = memoised(model)
+                figures.hu_slices_infection = [hu_dice(once.with_threshold(t)) for t in thresholds]
                 if floors:
-                    figures.hu_slices_floored = [hu_dice(model.with_floor(f)) for f in floors]
+                    figures.hu_slices_floored = [hu_dice(once.with_floor(f)) for f in floors]
             results.append(figures)
             log(f"{config_path.name}: {how}; {figures.corpus_slices} corpus slices, {figures.medseg_slices} MedSeg "
                 f"slices, {figures.healthy_slices} slices of CTs without COVID-19 "

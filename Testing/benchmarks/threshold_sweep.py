@@ -29,6 +29,7 @@ def main() -> None:
     from CovidSegLib.model import load_model
     from CovidSegLib.slice_evaluation import dice_figures
     from CovidSegLib.training.data import load_slice_corpus, read_split, split_indices
+    from CovidSegLib.training.memo import memoised
     from CovidSegLib.training.report import healthy_volume_scores, named_entry, predict_represented
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -39,7 +40,7 @@ def main() -> None:
                         help="another CT without COVID-19 (repeatable); CTChest is always measured")
     args = parser.parse_args()
 
-    model = load_model(args.model)
+    model = memoised(load_model(args.model))  # the network runs once; each threshold re-thresholds its output
     corpus = load_slice_corpus(args.corpus)
     parts = {part: corpus.subset(split_indices(read_split(), part)) for part in ("validation", "test")}
     healthy = {"ctchest4": DATA / "volumes" / "ctchest4.nrrd"}
