@@ -141,8 +141,8 @@ def test_continuity_groups_cut_at_patient_changes(slices: Path) -> None:
 
 def test_recorded_training_configurations_are_valid() -> None:
     """Resources/training/ holds the k-fold recipes (and the encoder study), the bundled model's recipe (the one
-    k-fold chose, trained on every patient group) and the leave-one-source-out siblings'. A second stage starts from its first
-    stage's export and trains on the same data at a lower learning rate."""
+    k-fold chose, trained on every patient group) and the leave-one-source-out siblings'. A second stage starts
+    from its first stage's export and trains on the same data at a lower learning rate."""
     folder = Path(__file__).resolve().parents[1] / "Resources" / "training"
     configs = {p.stem: TrainConfig.from_file(p) for p in folder.glob("*.json")}
     assert set(configs) == {"bundled", "corpus-only", "corpus-only-continued", "medseg-only",
