@@ -140,14 +140,14 @@ def test_continuity_groups_cut_at_patient_changes(slices: Path) -> None:
 
 
 def test_recorded_training_configurations_are_valid() -> None:
-    """Resources/training/ holds the k-fold recipes (and the encoder study), the bundled model's recipe (the one
-    k-fold chose, trained on every patient group) and the leave-one-source-out siblings'. A second stage starts
-    from its first stage's export and trains on the same data at a lower learning rate."""
+    """Resources/training/ holds the k-fold recipes (and the encoder and schedule studies), the bundled model's
+    recipe (the one k-fold chose, trained on every patient group) and the leave-one-source-out siblings'. A second
+    stage starts from its first stage's export and trains on the same data at a lower learning rate."""
     folder = Path(__file__).resolve().parents[1] / "Resources" / "training"
     configs = {p.stem: TrainConfig.from_file(p) for p in folder.glob("*.json")}
     assert set(configs) == {"bundled", "corpus-only", "corpus-only-continued", "medseg-only",
                             "kfold-with-medseg", "kfold-with-medseg-continued", "kfold-corpus-only",
-                            "kfold-corpus-only-continued", "kfold-corpus-only-r34"}
+                            "kfold-corpus-only-continued", "kfold-corpus-only-r34", "kfold-corpus-only-48"}
     for stage_1, stage_2 in ((configs["corpus-only"], configs["corpus-only-continued"]),
                              (configs["kfold-with-medseg"], configs["kfold-with-medseg-continued"]),
                              (configs["kfold-corpus-only"], configs["kfold-corpus-only-continued"])):
@@ -165,11 +165,16 @@ def test_recorded_training_configurations_are_valid() -> None:
     assert not with_medseg.init_model and not corpus_only.init_model
     assert (with_medseg.epochs, with_medseg.learning_rate, with_medseg.healthy_volumes) == \
         (corpus_only.epochs, corpus_only.learning_rate, corpus_only.healthy_volumes)
-    # the encoder study changes the encoder only
-    r34 = asdict(configs["kfold-corpus-only-r34"])
-    assert r34.pop("encoder") == "resnet34" and corpus_only.encoder == "resnet18"
-    assert {k: v for k, v in r34.items() if k not in ("name", "out_dir")} == \
-        {k: v for k, v in asdict(corpus_only).items() if k not in ("name", "out_dir", "encoder")}
+    # each study of the chosen recipe changes one thing: the encoder, or the length of the schedule
+    for study, changed in (("kfold-corpus-only-r34", {"encoder": "resnet34"}),
+                           ("kfold-corpus-only-48", {"epochs": 48})):
+        fields = asdict(configs[study])
+        assert {name: fields[name] for name in changed} == changed != \
+            {name: getattr(corpus_only, name) for name in changed}
+        assert fields["out_dir"] != corpus_only.out_dir
+        unchanged = {"name", "out_dir", *changed}
+        assert {k: v for k, v in fields.items() if k not in unchanged} == \
+            {k: v for k, v in asdict(corpus_only).items() if k not in unchanged}
     # the bundled model is the chosen recipe (corpus only, stage 1) on every group but the corpus' test groups
     bundled = configs["bundled"]
     assert bundled.validation_trains and not bundled.folds and not bundled.init_model
