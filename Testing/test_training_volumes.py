@@ -261,8 +261,8 @@ def test_a_whole_lung_mask_is_split_into_left_and_right_like_the_expert(volumes:
     merged = sitk.GetImageFromArray((reference[1] | reference[2]).astype(np.uint8))
     merged.CopyInformation(sitk.ReadImage(str(volumes / "ctchest4.nrrd")))
     sitk.WriteImage(merged, str(tmp_path / "whole.nrrd"))
-    split_lung_mask(tmp_path / "whole.nrrd", tmp_path / "sides.nrrd")
-    sides = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "sides.nrrd")))
+    split_lung_mask(tmp_path / "whole.nrrd", tmp_path / "labels" / "sides.nrrd")  # a folder not made yet
+    sides = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "labels" / "sides.nrrd")))
     for value in (1, 2):
         overlap = (sides == value) & reference[value]
         assert 2 * overlap.sum() / ((sides == value).sum() + reference[value].sum()) > 0.97

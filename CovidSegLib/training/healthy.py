@@ -46,6 +46,7 @@ def split_lung_mask(mask_path: Path, out_path: Path) -> None:
     reference = sitk.ReadImage(str(mask_path))
     image = sitk.GetImageFromArray(labels)
     image.CopyInformation(reference)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
     sitk.WriteImage(image, str(out_path), True)
 
 
