@@ -12,7 +12,7 @@ from scipy import ndimage
 
 from .labels import INFECTION, LEFT_LUNG, RIGHT_LUNG
 from .lateral import bounding_box, split_left_right
-from .preprocessing import BodySample, body_mask_2d
+from .preprocessing import BodySample, body_mask_2d, fill_holes_2d
 from .volume import Geometry
 
 #: A lung component smaller than this fraction of the largest one is noise.
@@ -46,7 +46,7 @@ def keep_lung_components(lungs: np.ndarray, body: np.ndarray | None) -> np.ndarr
 def fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
     filled = np.empty_like(mask)
     for index, slice_mask in enumerate(mask):
-        filled[index] = ndimage.binary_fill_holes(slice_mask) if slice_mask.any() else slice_mask
+        filled[index] = fill_holes_2d(slice_mask) if slice_mask.any() else slice_mask
     return filled
 
 
@@ -140,5 +140,5 @@ def postprocess_slice(lungs: np.ndarray, infection: np.ndarray, slice_hu: np.nda
     if outside.size < 0.05 * body.size or np.mean(outside < CLEAN_AIR_HU) < MIN_OUTSIDE_AIR_FRACTION:
         return lungs, infection
     kept = keep_lung_components(raw[None], body[None])[0]
-    kept = ndimage.binary_fill_holes(kept) if kept.any() else kept
+    kept = fill_holes_2d(kept) if kept.any() else kept
     return kept, infection & kept

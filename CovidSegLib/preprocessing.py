@@ -65,6 +65,17 @@ def analysis_stride(pixel_mm: float) -> int:
     return max(1, int(ANALYSIS_PIXEL_MM // pixel_mm))
 
 
+def fill_holes_2d(mask: np.ndarray) -> np.ndarray:
+    """``ndimage.binary_fill_holes`` of one slice, identical result, about 3x faster: background regions
+    (4-connected, as fill_holes grows them) that do not touch the border are holes. Labelling visits each pixel
+    once, where fill_holes dilates from the border one pixel a step; this runs on every slice of every CT."""
+    background, count = ndimage.label(~mask)
+    hole = np.ones(count + 1, dtype=bool)
+    hole[0] = False
+    hole[background[0]] = hole[background[-1]] = hole[background[:, 0]] = hole[background[:, -1]] = False
+    return mask | hole[background]
+
+
 def body_mask_2d(slice_hu: np.ndarray) -> np.ndarray:
     """The largest dense region of a slice with its holes (lungs) filled: the body, without the table."""
     dense = ndimage.binary_opening(slice_hu > BODY_HU, iterations=1)
@@ -72,7 +83,7 @@ def body_mask_2d(slice_hu: np.ndarray) -> np.ndarray:
     if count == 0:
         return dense
     largest = np.argmax(np.bincount(labels.ravel())[1:]) + 1
-    return ndimage.binary_fill_holes(labels == largest)
+    return fill_holes_2d(labels == largest)
 
 
 def body_box(volume_hu: np.ndarray, pixel_mm: float) -> Box:

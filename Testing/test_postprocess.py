@@ -84,3 +84,31 @@ def test_body_masks_are_shared_across_grids(canonical_case) -> None:
     assert cells.shape == (34, 64, 64)
     assert np.array_equal(cells[:, ::2, ::2], body.masks)
     assert body.masks.any() and not body.masks.all()
+
+
+def test_fill_holes_2d_is_scipy_fill_holes_on_every_real_slice(canonical_case) -> None:
+    """The labelling fill must give binary_fill_holes' result exactly: on each CTChest slice's body and lungs
+    (holes: the lungs inside the body, vessels inside the lungs) and on the cases that tell 4- from
+    8-connectivity and border from hole."""
+    from scipy import ndimage
+
+    from CovidSegLib.preprocessing import fill_holes_2d
+
+    ct, layer = canonical_case
+    masks = [ct.array[k] > -500 for k in range(len(ct.array))] + [np.isin(layer[k], (5, 6)) for k in range(len(layer))]
+    filled_any = False
+    for mask in masks:
+        expected = ndimage.binary_fill_holes(mask)
+        assert np.array_equal(fill_holes_2d(mask), expected)
+        filled_any |= bool((expected & ~mask).any())
+    assert filled_any  # the real masks do have holes to fill
+    ring = np.zeros((7, 7), bool)
+    ring[1:6, 1:6] = True
+    ring[3, 3] = False            # a hole
+    ring[1, 1] = ring[2, 2] = False  # (2, 2) touches the outside only diagonally: a hole under 4-connectivity
+    open_ring = ring.copy()
+    open_ring[3, 4:] = False      # a channel from it to the border: no longer a hole
+    for mask in (ring, open_ring):
+        assert np.array_equal(fill_holes_2d(mask), ndimage.binary_fill_holes(mask))
+    assert fill_holes_2d(ring)[2, 2] and not fill_holes_2d(ring)[1, 1] and fill_holes_2d(ring)[3, 3]
+    assert not fill_holes_2d(open_ring)[3, 3]
