@@ -112,3 +112,19 @@ def test_fill_holes_2d_is_scipy_fill_holes_on_every_real_slice(canonical_case) -
         assert np.array_equal(fill_holes_2d(mask), ndimage.binary_fill_holes(mask))
     assert fill_holes_2d(ring)[2, 2] and not fill_holes_2d(ring)[1, 1] and fill_holes_2d(ring)[3, 3]
     assert not fill_holes_2d(open_ring)[3, 3]
+
+
+def test_decision_cells_are_set_where_any_of_their_voxels_is(canonical_case) -> None:
+    """The pooled grid postprocess decides on: every cell is the OR of its voxels, edge cells included when the
+    size does not divide (checked against a direct loop over cells on the real lungs, cut to odd sizes)."""
+    from CovidSegLib.postprocess import _max_pool_in_plane
+
+    _, layer = canonical_case
+    lungs = np.isin(layer, (5, 6))[:, 3:-2, 1:]  # rows and columns no factor below divides
+    for factor in (1, 2, 3, 4):
+        cells = _max_pool_in_plane(lungs, factor)
+        rows, cols = -(-lungs.shape[1] // factor), -(-lungs.shape[2] // factor)
+        assert cells.shape == (len(lungs), rows, cols)
+        expected = np.array([[[lungs[k, r * factor:(r + 1) * factor, c * factor:(c + 1) * factor].any()
+                               for c in range(cols)] for r in range(rows)] for k in range(0, len(lungs), 7)])
+        assert np.array_equal(cells[::7], expected) and cells.any()
