@@ -48,6 +48,21 @@ def test_bundled_model_is_small_safe_and_described() -> None:
     assert card["scores"]["cross_validation"]["corpus_only"]["corpus_infection"] > 0.6
 
 
+def test_medseg_figure_is_filed_by_what_the_model_trained_on() -> None:
+    """The bundled model never saw MedSeg, though its card's prose names it ("No MedSeg"): the report files its
+    MedSeg figure as cross-source, and a model trained with MedSeg, or with no recorded configuration, as a fit."""
+    from dataclasses import replace
+
+    from CovidSegLib.training.report import medseg_score_key
+
+    card = load_model().card
+    assert "MedSeg" in card.training_data and medseg_score_key(card) == "medseg_cross_source"
+    assert "medseg_cross_source" in card.scores and "medseg_in_training_data" not in card.scores
+    with_medseg = replace(card, training_config={**card.training_config, "medseg": "../shared/data/slices/medseg"})
+    assert medseg_score_key(with_medseg) == "medseg_in_training_data"
+    assert medseg_score_key(replace(card, training_config={})) == "medseg_in_training_data"
+
+
 @pytest.fixture(scope="module")
 def segmented(volumes: Path, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bundled")

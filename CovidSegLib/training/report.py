@@ -30,7 +30,7 @@ import numpy as np
 from ..evaluation import LabelMapping, evaluate_case, parse_mapping
 from ..inference import SliceSegmenter, select_device
 from ..labels import INFECTION
-from ..model import LoadedModel, load_model, update_card
+from ..model import LoadedModel, ModelCard, load_model, update_card
 from ..pipeline import SegmentOptions, segment_file
 from ..plausibility import geometry_warnings
 from ..slice_evaluation import dice_figures
@@ -75,6 +75,14 @@ def medseg_scores(segmenter: SliceSegmenter, root: Path) -> dict:
     medseg = load_medseg(root, segmenter.card.preprocessing, segmenter.card.preprocessing.window)
     _, infection = predict_represented(segmenter, medseg.images)
     return {"infection": dice_figures(infection, medseg.infection)}
+
+
+def medseg_score_key(card: ModelCard) -> str:
+    """Where MedSeg's figure goes: cross-source only when the card's training configuration shows the model
+    never saw MedSeg; otherwise, or without a recorded configuration, it is a fit to training data. Decided
+    from the configuration, not the prose: the bundled card's text says "No MedSeg"."""
+    never_saw_medseg = bool(card.training_config) and not card.training_config.get("medseg")
+    return "medseg_cross_source" if never_saw_medseg else "medseg_in_training_data"
 
 
 def hu_slice_scores(model: LoadedModel, folder: Path, work: Path) -> dict:
@@ -220,11 +228,9 @@ def main() -> None:
     held_out = held_out_slices(Path(args.corpus))
     scores["held_out_patients"] = corpus_scores(segmenter, held_out)
     if args.medseg:
-        # cross-source only when the model never saw MedSeg; otherwise it is a fit to training data
-        trained_on_medseg = "MedSeg" in model.card.training_data
-        key = "medseg_in_training_data" if trained_on_medseg else "medseg_cross_source"
         scores.pop("medseg_cross_source", None)
-        scores[key] = medseg_scores(segmenter, Path(args.medseg))
+        scores.pop("medseg_in_training_data", None)
+        scores[medseg_score_key(model.card)] = medseg_scores(segmenter, Path(args.medseg))
     if args.without_source:
         scores["leave_one_source_out"] = leave_one_source_out(args.without_source, held_out,
                                                               Path(args.medseg) if args.medseg else None)
