@@ -133,25 +133,18 @@ def test_cancel_stops_and_writes_nothing(volumes: Path, small_model: Path, tmp_p
     assert not out.exists() and not list(tmp_path.iterdir())
 
 
-class RunsOutOfMemoryAbove:
+class RunsOutOfMemoryAbove(torch.nn.Module):
     """Wraps a real network; like a GPU, it fails on batches larger than ``limit``."""
 
     def __init__(self, network: torch.nn.Module, limit: int) -> None:
+        super().__init__()
         self.network, self.limit, self.calls = network, limit, []
 
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
         self.calls.append(len(batch))
         if len(batch) > self.limit:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return self.network(batch)
-
-    def to(self, *args, **kwargs):
-        self.network = self.network.to(*args, **kwargs)
-        return self
-
-    def eval(self):
-        self.network.eval()
-        return self
 
 
 def test_out_of_memory_halves_the_batch_and_gives_the_same_result(volumes: Path, small_model: Path) -> None:
