@@ -40,14 +40,15 @@ def split_lung_mask(mask_path: Path, out_path: Path) -> None:
     from ..lateral import split_left_right
     from ..orientation import to_canonical
     from ..reading import read_volume
+    from ..writing import atomic_output
 
     canonical, plan = to_canonical(read_volume(mask_path))
     labels = plan.from_canonical(split_left_right(canonical.array > 0, canonical.geometry)).astype(np.uint8)
     reference = sitk.ReadImage(str(mask_path))
     image = sitk.GetImageFromArray(labels)
     image.CopyInformation(reference)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    sitk.WriteImage(image, str(out_path), True)
+    with atomic_output(out_path) as temporary:  # makes the folder; never a partial label file
+        sitk.WriteImage(image, str(temporary), True)
 
 
 def _link(target: Path, link: Path) -> None:
