@@ -95,7 +95,7 @@ def test_fill_holes_2d_is_scipy_fill_holes_on_every_real_slice(canonical_case) -
     from CovidSegLib.preprocessing import fill_holes_2d
 
     ct, layer = canonical_case
-    masks = [ct.array[k] > -500 for k in range(len(ct.array))] + [np.isin(layer[k], (5, 6)) for k in range(len(layer))]
+    masks = [*(ct.array > -500), *np.isin(layer, (5, 6))]  # every slice's body and lungs
     filled_any = False
     for mask in masks:
         expected = ndimage.binary_fill_holes(mask)
