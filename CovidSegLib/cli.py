@@ -190,7 +190,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
         raise InputError(source, "folder holds no CT files (.nii, .nii.gz, .nrrd, .mha, .mhd, .dcm) or DICOM series")
     model = load_model(args.model)
     options = SegmentOptions(args.device, args.batch_size, args.intensity, args.window, args.format,
-                             args.allow_empty, args.series, separate_infection=not args.merge_infection)
+                             args.allow_empty, args.series, separate_infection=not args.merge_infection,
+                             int8=not args.float32)
     failures = {EXIT_INPUT: 0, EXIT_OUTPUT: 0}
     for ct in cases:
         output = output_path_for(ct, out, args.format, batch)
@@ -212,8 +213,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
                          floor=false_infection_floor(model.card.name, model.card.scores))
             print(f"report: {report_dir / 'report.html'}")
         seconds = result.seconds["total"]
-        print(f"{ct} -> {output} ({result.slices_inferred}/{result.slices_total} slices on {result.device}, "
-              f"{seconds:.1f} s)")
+        print(f"{ct} -> {output} ({result.slices_inferred}/{result.slices_total} slices on {result.device} "
+              f"in {result.precision}, {seconds:.1f} s)")
         for note in result.notes:
             if note.startswith("warning: "):
                 print(note, file=sys.stderr)
@@ -304,6 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
     segment.add_argument("--batch-size", type=int, help="slices per network call (default 8 on CPU, 32 on CUDA; "
                          "halved automatically when GPU memory runs out)")
+    segment.add_argument("--float32", action="store_true",
+                         help="run the network in float32 on the CPU (default: int8 convolutions on x86 CPUs when the "
+                         "model card is calibrated for them, faster; see the README for how far the two agree)")
     segment.add_argument("--quiet", action="store_true", help="no progress display")
     segment.add_argument("--allow-empty", action="store_true",
                          help="write an empty segmentation when no lung is found (default: an error, exit code 3)")

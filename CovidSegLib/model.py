@@ -58,6 +58,9 @@ class ModelCard:
     infection_split: dict[str, Any] = field(default_factory=dict)
     #: infection less dense than this is given back to the lung (CovidSegLib.density); empty: no floor
     infection_floor: dict[str, Any] = field(default_factory=dict)
+    #: activation ranges that let the engine run the convolutions in int8 on an x86 CPU
+    #: (CovidSegLib.int8_inference); empty: the network runs in float32 everywhere
+    int8_calibration: dict[str, Any] = field(default_factory=dict)
     format: str = CARD_FORMAT
 
     def to_json(self) -> str:

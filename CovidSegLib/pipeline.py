@@ -9,7 +9,7 @@ import SimpleITK as sitk
 
 from .errors import InputError
 from .evaluation import case_id
-from .inference import ProgressCallback, SegmentationResult, segment_volume
+from .inference import EngineSwitches, ProgressCallback, SegmentationResult, segment_volume
 from .intensity import DEFAULT_WINDOW, IntensityMode, prepare_ct
 from .model import LoadedModel
 from .plausibility import geometry_warnings
@@ -28,6 +28,8 @@ class SegmentOptions:
     series: str | None = None  # DICOM SeriesInstanceUID, for a folder with several series
     #: ground-glass opacity and consolidation as two labels, when the model card has a rule for it
     separate_infection: bool = True
+    #: int8 convolutions on an x86 CPU when the card is calibrated (CovidSegLib.int8_inference); False: float32
+    int8: bool = True
 
 
 def is_dicom_folder(path: Path) -> bool:
@@ -72,7 +74,7 @@ def segment_file(ct: Path, output: Path, model: LoadedModel, options: SegmentOpt
     check_output_folder(output)
     volume = prepare_ct(read_volume(ct, options.series), options.intensity, options.window)
     result = segment_volume(volume, model, options.device, options.batch_size, progress,
-                            separate_infection=options.separate_infection)
+                            EngineSwitches(int8_on_cpu=options.int8), options.separate_infection)
     if result.no_lung and not options.allow_empty:
         raise InputError(ct, f"{result.no_lung}: is this a chest CT? Nothing was written (--allow-empty writes "
                              "what was found)")

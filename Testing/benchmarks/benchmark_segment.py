@@ -70,6 +70,7 @@ ABLATIONS = {
     "no-interpolation": {"interpolate_thin_slices": False},
     "no-prefetch": {"prefetch_next_batch": False},
     "no-channels-last": {"channels_last": False},
+    "no-int8": {"int8_on_cpu": False},
 }
 
 

@@ -1,0 +1,76 @@
+"""Measure the activation ranges that let the engine run a model's convolutions in int8, and write them to its card.
+
+    python -m CovidSegLib.training.int8_calibration CARD.json [--corpus-every 4]
+
+The ranges are taken on the model's own training data, read from the card's ``training_config``: the corpus'
+training groups (every ``--corpus-every``-th slice) and every healthy training volume whole (neck to pelvis, so
+slices above and below the lungs are covered), each in the model's representation. Held-out patients and the CTs
+kept out of training (Slicer's CTChest) are never used. The network is the one the engine runs: eval mode,
+BatchNorms folded. See :mod:`CovidSegLib.int8_inference` for how the ranges are used.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from ..inference import SliceSegmenter, select_device
+from ..int8_inference import ACTIVATION_LEVELS, record_ranges, worth_int8
+from ..model import LoadedModel, load_model, update_card
+from .data import load_slice_corpus, read_split, split_indices
+from .volumes import load_volume_slices
+
+BATCH = 16
+
+
+def calibration_images(model: LoadedModel, corpus_every: int) -> tuple[np.ndarray, str]:
+    """8-bit images in the model's representation from its training data, and a sentence saying which."""
+    config = model.card.training_config
+    if not config.get("corpus"):
+        raise ValueError(f"{model.card_path}: the card's training_config names no corpus to calibrate on")
+    corpus = load_slice_corpus(Path(config["corpus"]).expanduser())
+    train = corpus.subset(split_indices(read_split(), "train")[::corpus_every])
+    parts, sources = [train.images], [f"{len(train.images)} corpus slices (every {corpus_every}th of the "
+                                      "training groups)"]
+    for entry in config.get("healthy_volumes", ()):
+        path, label_map = (entry["path"], entry.get("label_map")) if isinstance(entry, dict) else (entry, None)
+        slices = load_volume_slices(Path(path).expanduser(), model.card.preprocessing, label_map, healthy=True)
+        parts.append(slices.images)
+        sources.append(f"{len(slices.images)} slices of the healthy training volumes in {Path(path).name}")
+    return np.concatenate(parts), "; ".join(sources)
+
+
+def batches(segmenter: SliceSegmenter, images: np.ndarray) -> Iterator:
+    for start in range(0, len(images), BATCH):
+        yield segmenter.prepare_images(images[start:start + BATCH])
+
+
+def calibrate(card_path: Path, corpus_every: int) -> dict:
+    """The ``int8_calibration`` entry for the card at ``card_path`` (not written)."""
+    model = load_model(card_path)
+    images, described = calibration_images(model, corpus_every)
+    segmenter = SliceSegmenter(model, select_device("cpu"), BATCH, channels_last=False, int8=False)
+    ranges = record_ranges(segmenter.network, batches(segmenter, images))
+    chosen = {name: [round(value, 6) for value in seen[:4]] for name, seen in ranges.items()
+              if worth_int8(segmenter.network, name, seen[4], model.card.input_size)}
+    return {"activation_levels": ACTIVATION_LEVELS, "calibrated_on": described,
+            "layers": f"{len(chosen)} of {len(ranges)} convolutions: the 3x3 ones on maps of at most 1/8 of the "
+                      "input's side, where int8 is faster (CovidSegLib.int8_inference.worth_int8)",
+            "ranges": chosen}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("card", type=Path, help="model card (.json) to calibrate; its int8_calibration is replaced")
+    parser.add_argument("--corpus-every", type=int, default=4, help="take every N-th corpus training slice")
+    args = parser.parse_args()
+    calibration = calibrate(args.card, args.corpus_every)
+    update_card(args.card, {"int8_calibration": calibration})
+    print(f"{args.card}: int8 ranges of {calibration['layers']}, from {calibration['calibrated_on']}")
+
+
+if __name__ == "__main__":
+    main()
