@@ -1,18 +1,18 @@
-"""Run the network's convolutions in int8 on an x86 CPU, from activation ranges measured once and kept in the card.
+"""Run the network's deep convolutions in int8 on an x86 CPU, from activation ranges measured once and kept in the card.
 
 On a 2-core CPU with AVX2 but no AVX-512 the convolutions are most of a CT's time (about 9 of 16-18 s for
-512x512x300 in float32). Each convolution here quantizes its input to 8 bits with a fixed scale, convolves in
-int8 with int32 sums (weights per output channel, symmetric), and hands a float32 output on: everything between
-convolutions (residual sums, concatenations, upsampling) stays float32, so no graph tracing is needed and the
-swap takes a fraction of a second at load time. The scales come from the card (``int8_calibration``), measured on
-training slices by :mod:`CovidSegLib.training.int8_calibration`, never at run time, so the same card gives the
-same labels on every run.
+512x512x300 in float32). Each convolution the card names (the 3x3 ones on coarse maps, :func:`worth_int8`)
+quantizes its input with a fixed scale, convolves in int8 with int32 sums (weights per output channel,
+symmetric), and hands a float32 output on. Everything between convolutions (residual sums, concatenations,
+upsampling) and the other convolutions stay float32, so no graph tracing is needed and the swap takes a fraction
+of a second at load time. The scales come from the card (``int8_calibration``), measured on training slices by
+:mod:`CovidSegLib.training.int8_calibration`, never at run time, so a card gives the same labels on every run;
+values beyond the measured range are clipped to it.
 
 Activations use 7 bits (0..127): on CPUs without VNNI the int8 kernels add pairs of products in 16 bits, which
-8-bit activations can overflow; with 7 bits no sum saturates, so results do not depend on the CPU's instructions.
-The segmentation head (the last convolution, which makes the logits that are thresholded) stays float32.
+8-bit activations can overflow; with 7 bits no such sum saturates. The segmentation head (the last convolution,
+whose logits are thresholded) always stays float32.
 """
-
 from __future__ import annotations
 
 import functools
