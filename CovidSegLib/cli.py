@@ -168,7 +168,7 @@ def cmd_predict_slices(args: argparse.Namespace) -> int:
     check_not_protected(out, [source])  # before any work: masks never go inside the dataset they come from
     model = load_model(args.model)
     slices = read_slices(source, args.window or model.card.preprocessing.window)
-    segmenter = SliceSegmenter(model, select_device(args.device), args.batch_size)
+    segmenter = SliceSegmenter(model, select_device(args.device), args.batch_size, int8=not args.float32)
     with progress_display(f"predict-slices ({len(slices)} slices)", args.quiet) as progress:
         lungs, infection = predict_slice_images(segmenter, slices, args.npz_orientation, args.represented, progress)
     write_slice_masks(out, [s.name for s in slices], lungs, infection, protected=[source])
@@ -346,6 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--model", help="model card (.json); default: the bundled model")
     predict.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
     predict.add_argument("--batch-size", type=int, help="slices per network call")
+    predict.add_argument("--float32", action="store_true",
+                         help="run the network in float32 on the CPU (default: int8 convolutions on x86 CPUs when the "
+                         "model card is calibrated for them)")
     predict.add_argument("--window", type=_window, metavar="LOW,HIGH",
                          help="HU window that 0..255 of 8-bit slices spans (default: the model's window)")
     predict.add_argument("--npz-orientation", choices=("nibabel", "display"), default="nibabel",

@@ -38,6 +38,17 @@ def test_predict_slices_writes_masks_at_each_slice_size(npz_predictions: Path, s
             assert set(np.unique(mask)) <= {0, 255}
 
 
+def test_predict_slices_in_float32_finds_the_same_lungs(npz_predictions: Path, slices: Path, tmp_path: Path) -> None:
+    """``--float32`` turns the int8 convolutions off; the masks barely move (pooled lung Dice between them)."""
+    result = run_cli("predict-slices", str(slices), "-o", str(tmp_path / "float32"), "--quiet", "--float32")
+    assert result.returncode == 0, result.stderr
+    names = sorted(p.stem for p in slices.glob("*.npz"))
+    default, float32 = ([np.asarray(Image.open(folder / "lungs" / f"{name}.png")) > 0 for name in names]
+                        for folder in (npz_predictions, tmp_path / "float32"))
+    overlap = sum(int((a & b).sum()) for a, b in zip(default, float32))
+    assert 2 * overlap / sum(int(a.sum() + b.sum()) for a, b in zip(default, float32)) > 0.99
+
+
 def test_evaluate_scores_lungs_against_the_npz_masks(npz_predictions: Path, slices: Path, tmp_path: Path) -> None:
     result = run_cli("evaluate", str(npz_predictions), str(slices), "-o", str(tmp_path / "eval"))
     assert result.returncode == 0, result.stderr
