@@ -100,7 +100,7 @@ def is_out_of_memory(error: BaseException) -> bool:
 class SliceSegmenter:
     """Runs one model on batches of canonical slices; halves the batch and retries on out-of-memory.
 
-    On an x86 CPU, with a card calibrated for it and ``int8``, the convolutions run in int8
+    On an x86 CPU, with a card calibrated for it and ``int8``, the convolutions the card names run in int8
     (:mod:`CovidSegLib.int8_inference`); ``precision`` says which ran ("int8", "float32", or "float16" on CUDA).
     """
 

@@ -223,9 +223,10 @@ def main() -> None:
     args = parser.parse_args()
     card_path = Path(args.card)
     model = load_model(card_path)
-    segmenter = SliceSegmenter(model, select_device("auto"), batch_size=16)
+    # on the CPU, as the HU slices and CTs below go through segment_file: every figure of one card comes from one
+    # arithmetic (int8 on an x86 CPU when the card is calibrated, else float32), the one a laptop runs
+    segmenter = SliceSegmenter(model, select_device("cpu"), batch_size=16)
     scores = dict(model.card.scores)
-    # int8 on an x86 CPU when the card is calibrated, float32 elsewhere: the figures are those of this arithmetic
     scores["measured_with"] = {"device": str(segmenter.device), "network_precision": segmenter.precision}
     held_out = held_out_slices(Path(args.corpus))
     scores["held_out_patients"] = corpus_scores(segmenter, held_out)
