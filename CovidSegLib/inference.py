@@ -97,6 +97,30 @@ def is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error).lower()
 
 
+def inference_network(model: LoadedModel, device: "torch.device", int8: bool = True  # noqa: F821
+                      ) -> tuple["torch.nn.Module", str]:  # noqa: F821
+    """The model's network as the engine runs it on ``device``, and its arithmetic ("int8", "float32", or
+    "float16" on CUDA): eval mode, BatchNorms folded, and on an x86 CPU with a calibrated card and ``int8`` the
+    convolutions the card names in int8 (on a copy: the loaded model's network stays float32 for a segmenter
+    that asks for float32). A network already prepared (it says its ``inference_precision``, as
+    :func:`CovidSegLib.training.memo.memoised` does) is run as it is."""
+    import copy
+
+    from .batchnorm_folding import fold_batch_norms
+    from .int8_inference import int8_supported, quantize_convolutions
+
+    network = model.network.to(device).eval()
+    prepared = getattr(network, "inference_precision", None)
+    if prepared is not None:
+        return network, prepared
+    fold_batch_norms(network)  # in place: this network serves inference only from here on
+    if int8 and device.type == "cpu" and model.card.int8_calibration and int8_supported():
+        network = copy.deepcopy(network)
+        quantize_convolutions(network, model.card.int8_calibration)
+        return network, "int8"
+    return network, "float16" if device.type == "cuda" else "float32"
+
+
 class SliceSegmenter:
     """Runs one model on batches of canonical slices; halves the batch and retries on out-of-memory.
 
@@ -106,25 +130,13 @@ class SliceSegmenter:
 
     def __init__(self, model: LoadedModel, device: "torch.device", batch_size: int | None = None,  # noqa: F821
                  channels_last: bool = True, int8: bool = True) -> None:
-        import copy
-
         import torch
-
-        from .batchnorm_folding import fold_batch_norms
-        from .int8_inference import int8_supported, quantize_convolutions
 
         self.torch = torch
         self.card = model.card
         self.device = device
         self.batch_size = batch_size or DEFAULT_BATCH.get(device.type, 8)
-        self.network = model.network.to(device).eval()
-        fold_batch_norms(self.network)  # in place: this network serves inference only from here on
-        self.precision = "float16" if device.type == "cuda" else "float32"
-        if int8 and device.type == "cpu" and self.card.int8_calibration and int8_supported():
-            # a copy: the loaded model's float32 network stays as it was for anyone else who runs it
-            self.network = copy.deepcopy(self.network)
-            quantize_convolutions(self.network, self.card.int8_calibration)
-            self.precision = "int8"
+        self.network, self.precision = inference_network(model, device, int8)
         # channels-last: ~25% faster float32 convolutions on CPU (the int8 ones take it as it comes)
         self.channels_last = channels_last and device.type == "cpu"
         if self.channels_last:

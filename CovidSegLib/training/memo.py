@@ -48,5 +48,13 @@ def batch_key(batch: torch.Tensor) -> bytes:
 
 
 def memoised(model: "LoadedModel") -> "LoadedModel":
-    """``model`` with a :class:`MemoisedNetwork`; its ``with_threshold`` / ``with_floor`` variants share it."""
-    return replace(model, network=MemoisedNetwork(model.network))
+    """``model`` with a :class:`MemoisedNetwork`; its ``with_threshold`` / ``with_floor`` variants share it.
+
+    The network is wrapped as the engine runs it on the CPU (BatchNorms folded, int8 where the card is calibrated
+    for it), so every segmenter of the variants runs the same prepared network and shares its memory."""
+    from ..inference import inference_network
+
+    network, precision = inference_network(model, torch.device("cpu"))
+    wrapper = MemoisedNetwork(network)
+    wrapper.inference_precision = precision
+    return replace(model, network=wrapper)
