@@ -17,9 +17,10 @@ from typing import Iterator
 
 import numpy as np
 
-from ..inference import SliceSegmenter, select_device
+from ..inference import inference_network, select_device
 from ..int8_inference import ACTIVATION_LEVELS, record_ranges, worth_int8
 from ..model import LoadedModel, load_model, update_card
+from ..representation import network_input
 from .data import load_slice_corpus, read_split, split_indices
 from .volumes import load_volume_slices
 
@@ -43,19 +44,19 @@ def calibration_images(model: LoadedModel, corpus_every: int) -> tuple[np.ndarra
     return np.concatenate(parts), "; ".join(sources)
 
 
-def batches(segmenter: SliceSegmenter, images: np.ndarray) -> Iterator:
+def batches(images: np.ndarray, input_size: int) -> Iterator:
     for start in range(0, len(images), BATCH):
-        yield segmenter.prepare_images(images[start:start + BATCH])
+        yield network_input(images[start:start + BATCH], input_size)
 
 
 def calibrate(card_path: Path, corpus_every: int) -> dict:
     """The ``int8_calibration`` entry for the card at ``card_path`` (not written)."""
     model = load_model(card_path)
     images, described = calibration_images(model, corpus_every)
-    segmenter = SliceSegmenter(model, select_device("cpu"), BATCH, channels_last=False, int8=False)
-    ranges = record_ranges(segmenter.network, batches(segmenter, images))
+    network, _ = inference_network(model, select_device("cpu"), int8=False)
+    ranges = record_ranges(network, batches(images, model.card.input_size))
     chosen = {name: [round(value, 6) for value in seen[:4]] for name, seen in ranges.items()
-              if worth_int8(segmenter.network, name, seen[4], model.card.input_size)}
+              if worth_int8(network, name, seen[4], model.card.input_size)}
     return {"activation_levels": ACTIVATION_LEVELS, "calibrated_on": described,
             "layers": f"{len(chosen)} of {len(ranges)} convolutions: the 3x3 ones on maps of at most 1/8 of the "
                       "input's side, where int8 is faster (CovidSegLib.int8_inference.worth_int8)",
