@@ -70,13 +70,12 @@ def convolutions(network: "torch.nn.Module") -> list[str]:
             if isinstance(module, torch.nn.Conv2d) and not name.startswith(FLOAT_PREFIXES)]
 
 
-def worth_int8(network: "torch.nn.Module", name: str, output_side: int, input_side: int) -> bool:
+def worth_int8(convolution: "torch.nn.Conv2d", output_side: int, input_side: int) -> bool:
     """Whether int8 pays for this convolution on a 2-core AVX2 CPU: 3x3 (or larger) convolutions on the deep,
     coarse feature maps (at most 1/8 of the input's side), where channels are many. Measured layer by layer on
     the bundled network, batch 8: there int8 took 147 against 225 ms in float32 channels-last; on the fine maps
     (few channels, many pixels) and for 1x1 convolutions int8 was slower (decoder block 3: 55 against 26 ms)."""
-    module = dict(network.named_modules())[name]
-    return max(module.kernel_size) > 1 and output_side * 8 <= input_side
+    return max(convolution.kernel_size) > 1 and output_side * 8 <= input_side
 
 
 def record_ranges(network: "torch.nn.Module", batches: Iterable["torch.Tensor"]) -> dict[str, list[float]]:

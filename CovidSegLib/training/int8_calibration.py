@@ -22,6 +22,7 @@ from ..int8_inference import ACTIVATION_LEVELS, record_ranges, worth_int8
 from ..model import LoadedModel, load_model, update_card
 from ..representation import network_input
 from .data import load_slice_corpus, read_split, split_indices
+from .train import healthy_folders
 from .volumes import load_volume_slices
 
 BATCH = 16
@@ -36,8 +37,7 @@ def calibration_images(model: LoadedModel, corpus_every: int) -> tuple[np.ndarra
     train = corpus.subset(split_indices(read_split(), "train")[::corpus_every])
     parts, sources = [train.images], [f"{len(train.images)} corpus slices (every {corpus_every}th of the "
                                       "training groups)"]
-    for entry in config.get("healthy_volumes", ()):
-        path, label_map = (entry["path"], entry.get("label_map")) if isinstance(entry, dict) else (entry, None)
+    for path, label_map in healthy_folders(config.get("healthy_volumes", ())):
         slices = load_volume_slices(Path(path).expanduser(), model.card.preprocessing, label_map, healthy=True)
         parts.append(slices.images)
         sources.append(f"{len(slices.images)} slices of the healthy training volumes in {Path(path).name}")
@@ -55,8 +55,9 @@ def calibrate(card_path: Path, corpus_every: int) -> dict:
     images, described = calibration_images(model, corpus_every)
     network, _ = inference_network(model, select_device("cpu"), int8=False)
     ranges = record_ranges(network, batches(images, model.card.input_size))
+    modules = dict(network.named_modules())
     chosen = {name: [round(value, 6) for value in seen[:4]] for name, seen in ranges.items()
-              if worth_int8(network, name, seen[4], model.card.input_size)}
+              if worth_int8(modules[name], seen[4], model.card.input_size)}
     return {"activation_levels": ACTIVATION_LEVELS, "calibrated_on": described,
             "layers": f"{len(chosen)} of {len(ranges)} convolutions: the 3x3 ones on maps of at most 1/8 of the "
                       "input's side, where int8 is faster (CovidSegLib.int8_inference.worth_int8)",

@@ -28,6 +28,12 @@ from .sources import training_sets
 OUTPUTS = ("lungs", "infection")
 
 
+def healthy_folders(entries) -> list[tuple[str, str | None]]:
+    """``(folder, label_map)`` of each ``healthy_volumes`` entry: a folder, or ``{"path", "label_map"}``."""
+    return [(entry, None) if isinstance(entry, str) else (entry["path"], entry.get("label_map"))
+            for entry in entries]
+
+
 @dataclass
 class TrainConfig:
     out_dir: str  # checkpoints and the exported model
@@ -91,8 +97,7 @@ class TrainConfig:
 
     def healthy_folders(self) -> list[tuple[str, str | None]]:
         """``(folder, label_map)`` of every entry of ``healthy_volumes``."""
-        return [(entry, None) if isinstance(entry, str) else (entry["path"], entry.get("label_map"))
-                for entry in self.healthy_volumes]
+        return healthy_folders(self.healthy_volumes)
 
     def preprocessing(self) -> Preprocessing:
         """The representation the model is trained in (written into its card)."""
