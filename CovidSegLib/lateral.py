@@ -10,6 +10,7 @@ import numpy as np
 from scipy import ndimage
 
 from .labels import LEFT_LUNG, RIGHT_LUNG
+from .morphology import dilate_in_plane, erode_in_plane
 from .volume import Geometry
 
 #: A second component smaller than this fraction of the largest is a stray piece, not the other lung.
@@ -36,7 +37,7 @@ def _two_lung_seeds(lungs: np.ndarray) -> tuple[np.ndarray, int, int] | None:
             if second >= MIN_LUNG_FRACTION * first:
                 return components, count, erosions
         # erode within each axial slice only: slices are thick and the junction line is in-plane
-        mask = ndimage.binary_erosion(mask, structure=np.array([[[0, 1, 0], [1, 1, 1], [0, 1, 0]]], dtype=bool))
+        mask = erode_in_plane(mask)
         if not mask.any():
             return None
     return None
@@ -88,11 +89,10 @@ def split_left_right(lungs: np.ndarray, geometry: Geometry) -> np.ndarray:
     first_x, second_x = lps_left_coordinate(geometry, np.stack([centroid(first_mask), centroid(second_mask)]) + offset)
     left, right = (first_mask, second_mask) if first_x > second_x else (second_mask, first_mask)
     midline = (first_x + second_x) / 2.0
-    in_plane = np.array([[[0, 1, 0], [1, 1, 1], [0, 1, 0]]], dtype=bool)
     # Uneroded seeds are whole connected components already: growing them in-plane cannot add a voxel.
     for _ in range(MAX_SEPARATING_EROSIONS + 2 if erosions else 0):
-        grown_left = ndimage.binary_dilation(left, in_plane) & inside & ~right
-        grown_right = ndimage.binary_dilation(right, in_plane) & inside & ~left
+        grown_left = dilate_in_plane(left) & inside & ~right
+        grown_right = dilate_in_plane(right) & inside & ~left
         if np.array_equal(grown_left, left) and np.array_equal(grown_right, right):
             break
         contested = grown_left & grown_right

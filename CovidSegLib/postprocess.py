@@ -107,26 +107,45 @@ def postprocess(
     cells = keep_lung_components(cells, body.on_grid(factor, cells.shape) if body is not None else None)
     sides = split_left_right(cells, _cell_geometry(geometry, factor))
     labels = np.zeros(raw.shape, dtype=np.uint8)
-    if sides.any():
-        # full-resolution work only inside the lungs' box; its one-cell margin keeps holes what they are
-        cell_box = bounding_box(sides > 0)
-        box = (cell_box[0],) + tuple(slice(b.start * factor, min(b.stop * factor, n))
-                                     for b, n in zip(cell_box[1:], raw.shape[1:]))
-        raw_box, labels_box = raw[box], labels[box]
-        for side in (LEFT_LUNG, RIGHT_LUNG):
-            side_cells = sides[cell_box] == side
-            filled_cells = fill_holes_per_slice(side_cells)
-            in_lung = _upsample_in_plane(side_cells, factor, raw_box.shape) & raw_box
-            in_hole = _upsample_in_plane(filled_cells & ~side_cells, factor, raw_box.shape)
-            labels_box[(in_lung | in_hole) & (labels_box == 0)] = side
-    infection = infection & (labels > 0)
+    if not sides.any():
+        return labels
+    # full-resolution work only inside the lungs' box; its one-cell margin keeps holes what they are
+    cell_box = bounding_box(sides > 0)
+    box = (cell_box[0],) + tuple(slice(b.start * factor, min(b.stop * factor, n))
+                                 for b, n in zip(cell_box[1:], raw.shape[1:]))
+    raw_box = raw[box]
+    side_if_raw, side_if_not_raw = _side_of_cells(sides[cell_box])
+    labels[box] = np.where(raw_box, _upsample_in_plane(side_if_raw, factor, raw_box.shape),
+                           _upsample_in_plane(side_if_not_raw, factor, raw_box.shape))
+    labels[box] = _add_infection(labels[box], infection[box], float(np.prod(geometry.spacing)))
+    return labels
+
+
+def _side_of_cells(cell_sides: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The lung label a full-resolution voxel takes from its cell: one map for voxels the network called lung,
+    one for the rest. A cell of a lung, or of a hole inside it (dense infection the network missed), gives
+    the network's lung voxels that side; only a hole's cell gives its other voxels that side too. The left
+    lung is written last, so it wins where a cell is both (a hole of one lung over the other)."""
+    if_raw = np.zeros(cell_sides.shape, dtype=np.uint8)
+    if_not_raw = np.zeros(cell_sides.shape, dtype=np.uint8)
+    for side in (RIGHT_LUNG, LEFT_LUNG):
+        side_cells = cell_sides == side
+        hole_cells = fill_holes_per_slice(side_cells) & ~side_cells
+        if_raw[side_cells | hole_cells] = side
+        if_not_raw[hole_cells] = side
+    return if_raw, if_not_raw
+
+
+def _add_infection(lung_labels: np.ndarray, infection: np.ndarray, voxel_mm3: float) -> np.ndarray:
+    """Infection inside the lungs, without specks under ``MIN_INFECTION_MM3``, written over the lung labels."""
+    infection = infection & (lung_labels > 0)
     if infection.any():
         box = bounding_box(infection)
         components, count = ndimage.label(infection[box])
-        sizes = np.bincount(components.ravel())[1:] * float(np.prod(geometry.spacing))
+        sizes = np.bincount(components.ravel())[1:] * voxel_mm3
         infection[box] = np.isin(components, np.flatnonzero(sizes >= MIN_INFECTION_MM3) + 1)
-    labels[infection] = INFECTION
-    return labels
+    lung_labels[infection] = INFECTION
+    return lung_labels
 
 
 def postprocess_slice(lungs: np.ndarray, infection: np.ndarray, slice_hu: np.ndarray

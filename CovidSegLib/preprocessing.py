@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from .morphology import open_in_plane
+
 #: Tissue denser than this is body (fat is about -100 HU, lung and air below -500).
 BODY_HU = -500.0
 #: Air or lung: inside the body this is lung, airway or bowel gas.
@@ -78,7 +80,7 @@ def fill_holes_2d(mask: np.ndarray) -> np.ndarray:
 
 def body_mask_2d(slice_hu: np.ndarray) -> np.ndarray:
     """The largest dense region of a slice with its holes (lungs) filled: the body, without the table."""
-    dense = ndimage.binary_opening(slice_hu > BODY_HU, iterations=1)
+    dense = open_in_plane(slice_hu > BODY_HU)
     labels, count = ndimage.label(dense)
     if count == 0:
         return dense
