@@ -77,6 +77,7 @@ def test_a_label_map_gets_the_segments_it_holds() -> None:
     labels = np.zeros((40, 8, 8), np.uint8)  # more slices than one counting block
     labels[0, 0, 0], labels[39, 1, 1] = 1, 5
     assert present_values(labels) == {0, 1, 5}
+    assert present_values(np.ones((3, 4, 4), np.uint8)) == {1}  # no background voxel: 0 is not present
     assert [info.value for info in labels_of(labels)] == [1, 2, 5]
     assert [info.value for info in labels_of(np.zeros((2, 2), np.int32))] == [1, 2, 3]
     labels[20, 2, 2] = 9
