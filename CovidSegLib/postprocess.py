@@ -115,9 +115,9 @@ def postprocess(
                                  for b, n in zip(cell_box[1:], raw.shape[1:]))
     raw_box = raw[box]
     side_if_raw, side_if_not_raw = _side_of_cells(sides[cell_box])
-    labels[box] = np.where(raw_box, _upsample_in_plane(side_if_raw, factor, raw_box.shape),
+    lung_labels = np.where(raw_box, _upsample_in_plane(side_if_raw, factor, raw_box.shape),
                            _upsample_in_plane(side_if_not_raw, factor, raw_box.shape))
-    labels[box] = _add_infection(labels[box], infection[box], float(np.prod(geometry.spacing)))
+    labels[box] = _add_infection(lung_labels, infection[box], float(np.prod(geometry.spacing)))
     return labels
 
 
