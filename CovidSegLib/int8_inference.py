@@ -78,6 +78,13 @@ def worth_int8(convolution: "torch.nn.Conv2d", output_side: int, input_side: int
     return max(convolution.kernel_size) > 1 and output_side * 8 <= input_side
 
 
+def layers_worth_int8(network: "torch.nn.Module", ranges: dict[str, list[float]], input_side: int) -> list[str]:
+    """The convolutions of ``ranges`` (:func:`record_ranges`' result, which carries each output's side) that
+    :func:`worth_int8` picks, in the network's order: the layers a calibration names."""
+    modules = dict(network.named_modules())
+    return [name for name, seen in ranges.items() if worth_int8(modules[name], int(seen[4]), input_side)]
+
+
 def record_ranges(network: "torch.nn.Module", batches: Iterable["torch.Tensor"]) -> dict[str, list[float]]:
     """For each convolution :func:`convolutions` names, over ``batches`` (in the network's input
     representation): ``[in_low, in_high, out_low, out_high, output_side]``, the smallest and largest input and

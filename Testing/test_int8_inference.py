@@ -11,7 +11,8 @@ import slicerio
 import torch
 
 from CovidSegLib.inference import SliceSegmenter, whole_slice_box
-from CovidSegLib.int8_inference import convolutions, int8_supported, quantize_convolutions, record_ranges, worth_int8
+from CovidSegLib.int8_inference import (convolutions, int8_supported, layers_worth_int8, quantize_convolutions,
+                                        record_ranges)
 from CovidSegLib.model import load_model
 from CovidSegLib.orientation import to_canonical
 from CovidSegLib.reading import read_volume
@@ -38,9 +39,7 @@ def test_the_cards_int8_layers_are_the_deep_3x3_convolutions(ctchest_slices: np.
     segmenter = SliceSegmenter(model, torch.device("cpu"), channels_last=False, int8=False)
     batch = segmenter.prepare(ctchest_slices[:4], whole_slice_box(ctchest_slices.shape[-2:]))
     seen = record_ranges(segmenter.network, [batch])
-    modules = dict(segmenter.network.named_modules())
-    chosen = [name for name, values in seen.items()
-              if worth_int8(modules[name], int(values[4]), model.card.input_size)]
+    chosen = layers_worth_int8(segmenter.network, seen, model.card.input_size)
     calibration = model.card.int8_calibration
     assert list(calibration["ranges"]) == chosen
     assert 0 < len(chosen) < len(convolutions(segmenter.network))

@@ -18,7 +18,7 @@ from typing import Iterator
 import numpy as np
 
 from ..inference import inference_network, select_device
-from ..int8_inference import ACTIVATION_LEVELS, record_ranges, worth_int8
+from ..int8_inference import ACTIVATION_LEVELS, layers_worth_int8, record_ranges
 from ..model import LoadedModel, load_model, update_card
 from ..representation import network_input
 from .data import load_slice_corpus, read_split, split_indices
@@ -55,9 +55,8 @@ def calibrate(card_path: Path, corpus_every: int) -> dict:
     images, described = calibration_images(model, corpus_every)
     network, _ = inference_network(model, select_device("cpu"), int8=False)
     ranges = record_ranges(network, batches(images, model.card.input_size))
-    modules = dict(network.named_modules())
-    chosen = {name: [round(value, 6) for value in seen[:4]] for name, seen in ranges.items()
-              if worth_int8(modules[name], seen[4], model.card.input_size)}
+    chosen = {name: [round(value, 6) for value in ranges[name][:4]]
+              for name in layers_worth_int8(network, ranges, model.card.input_size)}
     return {"activation_levels": ACTIVATION_LEVELS, "calibrated_on": described,
             "layers": f"{len(chosen)} of {len(ranges)} convolutions: the 3x3 ones on maps of at most 1/8 of the "
                       "input's side, where int8 is faster (CovidSegLib.int8_inference.worth_int8)",
