@@ -148,7 +148,7 @@ def test_recorded_training_configurations_are_valid() -> None:
     assert set(configs) == {"bundled", "corpus-only", "corpus-only-continued", "medseg-only",
                             "kfold-with-medseg", "kfold-with-medseg-continued", "kfold-corpus-only",
                             "kfold-corpus-only-continued", "kfold-corpus-only-r34", "kfold-corpus-only-48",
-                            "kfold-corpus-only-mobilenet"}
+                            "kfold-corpus-only-mobilenet", "kfold-corpus-only-fp32"}
     for stage_1, stage_2 in ((configs["corpus-only"], configs["corpus-only-continued"]),
                              (configs["kfold-with-medseg"], configs["kfold-with-medseg-continued"]),
                              (configs["kfold-corpus-only"], configs["kfold-corpus-only-continued"])):
@@ -166,10 +166,11 @@ def test_recorded_training_configurations_are_valid() -> None:
     assert not with_medseg.init_model and not corpus_only.init_model
     assert (with_medseg.epochs, with_medseg.learning_rate, with_medseg.healthy_volumes) == \
         (corpus_only.epochs, corpus_only.learning_rate, corpus_only.healthy_volumes)
-    # each study of the chosen recipe changes one thing: the encoder, or the length of the schedule; the
-    # MobileNetV2 and 48-epoch studies also run in float32 (their machine had no native bfloat16), which the
-    # README states
+    # each study of the chosen recipe changes one thing: the encoder, the length of the schedule, or the
+    # precision; the MobileNetV2 and 48-epoch studies also run in float32 (their machine had no native
+    # bfloat16), which the README states, and the float32 study is their control
     for study, changed in (("kfold-corpus-only-r34", {"encoder": "resnet34"}),
+                           ("kfold-corpus-only-fp32", {"cpu_bf16": False}),
                            ("kfold-corpus-only-48", {"epochs": 48, "cpu_bf16": False}),
                            ("kfold-corpus-only-mobilenet", {"encoder": "mobilenet_v2", "cpu_bf16": False})):
         fields = asdict(configs[study])
