@@ -188,6 +188,17 @@ def test_cross_validation_trains_every_fold_and_the_report_scores_each_on_its_ow
     assert report["hu_slices"]["fold"] == volume_fold and len(report["hu_slices"]["infection"]) == 2
     assert all(0 <= dice <= 1 for dice in report["hu_slices"]["infection"])
     assert [report["per_fold"][k]["medseg_slices"] for k in "01"] == [25, 25]
+    # each COVID-19 patient group once, by its own fold's model: Dice is the harmonic mean of sensitivity and
+    # precision, and the MedSeg blocks count as groups of their own
+    groups = report["per_group"]
+    assert groups["coronacases_001"]["fold"] == volume_fold and "totalseg" not in groups
+    assert any(name.startswith("medseg") for name in groups) and all(entry["slices"] > 0 for entry in groups.values())
+    for entry in groups.values():
+        for dice, sensitivity, precision in zip(entry["dice"], entry["sensitivity"], entry["precision"]):
+            measured = [x for x in (dice, sensitivity, precision) if x is not None]  # JSON null: no voxels
+            assert all(0 <= x <= 1 for x in measured)
+            if len(measured) == 3 and sensitivity + precision > 0:
+                assert dice == pytest.approx(2 * sensitivity * precision / (sensitivity + precision))
     # the CT without COVID-19 counts once, in its own rendering (training also renders it a second way)
     totalseg_slices = len(load_volume_slices(pairs, PREPROCESSING, "totalseg-lobes", healthy=True).names)
     assert sorted(report["per_fold"][k]["healthy_slices"] for k in "01") == [0, totalseg_slices]

@@ -13,6 +13,8 @@ probability threshold (a card has one, for lungs and infection alike):
   through the representation (the window they were exported with is a guess);
 - all validation slices with infection labelled, the CTs without COVID-19 included (rendered from HU): the
   infection Dice training validates with, where infection found on a healthy CT counts against the model;
+- each COVID-19 patient group on its own: infection Dice, sensitivity and precision, so that one sees where a
+  model loses Dice (lesion missed or lesion invented) and on which patients;
 - each CT without COVID-19 that validates in a fold: false infection in mL and slices through ``covidseg
   segment``'s path (read, checks, engine, post-processing, written and read back), and whether it found lung;
 - the HU slices with expert infection (``--hu-slices``), through ``covidseg segment``'s path as the report runs
@@ -40,6 +42,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +64,32 @@ DEFAULT_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 @dataclass
+class GroupFigures:
+    """One patient group's infection at every threshold: the pooled Dice sums and the experts' voxel count, from
+    which sensitivity (share of the experts' lesion found) and precision (share of the found lesion that is
+    the experts') follow."""
+
+    slices: int
+    dice: DiceCounts
+    expert_voxels: float = 0.0
+
+    def add(self, logits: np.ndarray, truth: np.ndarray, thresholds: tuple[float, ...]) -> None:
+        add_counts(self.dice, logits, truth, thresholds)
+        self.expert_voxels += float(truth.sum())
+
+    def figures(self) -> dict:
+        both = self.dice.overlap / 2
+        found = self.dice.total - self.expert_voxels
+
+        def share(part: np.ndarray, whole: np.ndarray | float) -> list[float]:
+            whole = np.broadcast_to(np.asarray(whole, float), part.shape)
+            return [float(p / w) if w else math.nan for p, w in zip(part, whole)]
+
+        return {"slices": self.slices, "dice": self.dice.dice(), "sensitivity": share(both, self.expert_voxels),
+                "precision": share(both, found), "found_over_expert": share(found, self.expert_voxels)}
+
+
+@dataclass
 class FoldFigures:
     """One fold model on its validation patients."""
 
@@ -78,6 +107,8 @@ class FoldFigures:
     #: the same two at the card's threshold, one entry per infection density floor (``--floors``)
     healthy_volumes_floored: dict[str, list[dict]] = field(default_factory=dict)
     hu_slices_floored: list[float] | None = None
+    #: COVID-19 patient group -> its infection figures (the CTs without COVID-19 have theirs in mL above)
+    groups: dict[str, GroupFigures] = field(default_factory=dict)
 
 
 HEALTHY_FIGURES = ("false_infection_ml", "slices_with_false_infection", "slices_with_lung", "no_lung")
@@ -93,10 +124,15 @@ def score_fold(fold: int, model: LoadedModel, validation: SliceSet, healthy_cts:
     healthy = np.isin(validation.groups, list(healthy_cts))
     medseg = np.array([g.startswith(MEDSEG_BLOCK) for g in validation.groups], bool)
     corpus = np.array([g.startswith(CORPUS_GROUP) for g in validation.groups], bool)
+    group_of = np.array(validation.groups)
+    lesion_slices = validation.has_infection & ~healthy
     figures = FoldFigures(fold=fold, card=model.card.name, corpus_slices=int(corpus.sum()),
                           medseg_slices=int(medseg.sum()), healthy_slices=int(healthy.sum()),
                           **{name: DiceCounts.zeros(len(thresholds)) for name in (
-                              "corpus_lungs", "corpus_infection", "medseg_infection", "all_infection")})
+                              "corpus_lungs", "corpus_infection", "medseg_infection", "all_infection")},
+                          groups={group: GroupFigures(int(np.sum(lesion_slices & (group_of == group))),
+                                                      DiceCounts.zeros(len(thresholds)))
+                                  for group in sorted(set(group_of[lesion_slices]))})
     segmenter = SliceSegmenter(model, select_device("cpu"))
     for start in range(0, len(validation.names), batch):
         part = slice(start, start + batch)
@@ -109,6 +145,9 @@ def score_fold(fold: int, model: LoadedModel, validation: SliceSet, healthy_cts:
                 (figures.medseg_infection, medseg[part], 1),
                 (figures.all_infection, validation.has_infection[part], 1)):
             add_counts(counts, logits[keep, channel], masks[keep, channel], thresholds)
+        for group in set(group_of[part][lesion_slices[part]]):
+            keep = lesion_slices[part] & (group_of[part] == group)
+            figures.groups[group].add(logits[keep, 1], masks[keep, 1], thresholds)
     for name, ct in healthy_cts.items():
         if name not in validation.groups:
             continue
@@ -206,6 +245,7 @@ def summarise(folds: list[FoldFigures], thresholds: tuple[float, ...],
                                    "medseg_slices": f.medseg_slices, "healthy_slices": f.healthy_slices,
                                    "healthy_volumes": f.healthy_volumes}
                      for f in folds},
+        "per_group": {group: {"fold": f.fold, **entry.figures()} for f in folds for group, entry in f.groups.items()},
         "hu_slices": next(({"fold": f.fold, "infection": f.hu_slices_infection} for f in folds
                            if f.hu_slices_infection is not None), None),
         "floors": [f.card_entry() if f else None for f in floors],
@@ -243,8 +283,18 @@ def print_summary(name: str, summary: dict) -> None:
         if hu_slices is not None:
             row.append(f"{hu_slices['infection'][index]:.3f}")
         print(" | ".join(row), flush=True)
+    print_groups(summary)
     if summary["floors"]:
         print_floors(summary)
+
+
+def print_groups(summary: dict) -> None:
+    """One row per COVID-19 patient group: Dice, sensitivity and precision of its infection at each threshold."""
+    print("patient group (fold, slices) | " + " | ".join(
+        f"Dice/sensitivity/precision at {t:.2f}" for t in summary["thresholds"]))
+    for group, entry in summary["per_group"].items():
+        cells = [f"{d:.3f}/{s:.2f}/{p:.2f}" for d, s, p in zip(entry["dice"], entry["sensitivity"], entry["precision"])]
+        print(f"{group} ({entry['fold']}, {entry['slices']}) | " + " | ".join(cells), flush=True)
 
 
 def healthy_cell(entry: dict) -> str:
