@@ -18,7 +18,7 @@ from CovidSegLib.model import load_model  # noqa: E402
 from CovidSegLib.reading import read_volume  # noqa: E402
 from CovidSegLib.training.data import continuity_groups, load_medseg, load_npz_slices, read_split  # noqa: E402
 from CovidSegLib.training.export import export_checkpoint  # noqa: E402
-from CovidSegLib.training.train import TrainConfig, cpu_has_native_bf16, train  # noqa: E402
+from CovidSegLib.training.train import TrainConfig, cpu_has_native_bf16, masked_loss, train  # noqa: E402
 
 PREPROCESSING = TrainConfig(out_dir="").preprocessing()
 
@@ -119,6 +119,35 @@ def test_fine_tuning_starts_from_a_model_with_frozen_encoder(slices: Path, tmp_p
     assert decoder_changed
 
 
+def test_infection_miss_weight_makes_missed_lesion_cost_more_than_invented_lesion(slices: Path) -> None:
+    """Tversky's weighting of the infection overlap loss, on a real expert infection mask: at 0.5 it is soft Dice
+    (both branches agree); above it, missing part of the lesion costs more against inventing as much lesion
+    elsewhere than it does under Dice, and below it less."""
+    import torch
+
+    with np.load(sorted((slices / "hu_infection").glob("*.npz"))[0]) as data:
+        truth = torch.from_numpy(data["infection_mask"] > 0).float()
+    rows = torch.nonzero(truth.any(dim=1)).flatten()
+    missed = truth.clone()
+    missed[rows[len(rows) // 2]:] = 0  # the lower half of the lesion is missed
+    invented = torch.maximum(truth, torch.roll(truth - missed, shifts=truth.shape[1] // 2, dims=1))
+    assert (truth - missed).sum() == (invented - truth).sum() > 0
+    labelled = torch.ones(1, 2, dtype=torch.bool)
+
+    def loss(prediction: torch.Tensor, miss_weight: float) -> float:
+        logits = (torch.stack([truth, prediction])[None] * 2 - 1) * 6  # confident, as a trained network is
+        return float(masked_loss(logits, torch.stack([truth, truth])[None], labelled, (0.5, miss_weight)))
+
+    assert loss(missed, 0.5) == pytest.approx(loss(missed, 0.5 + 1e-9)) and \
+        loss(invented, 0.5) == pytest.approx(loss(invented, 0.5 - 1e-9))
+    def missed_over_invented(miss_weight: float) -> float:
+        return loss(missed, miss_weight) / loss(invented, miss_weight)
+
+    assert missed_over_invented(0.3) < missed_over_invented(0.5) / 1.1 < missed_over_invented(0.7) / 1.2
+    with pytest.raises(ValueError, match="infection_miss_weight"):
+        TrainConfig(out_dir="x", infection_miss_weight=1.0)
+
+
 def test_recorded_split_keeps_patient_groups_apart() -> None:
     split = read_split()
     groups = [tuple(g) for part in split["groups"].values() for g in part]
@@ -148,7 +177,8 @@ def test_recorded_training_configurations_are_valid() -> None:
     assert set(configs) == {"bundled", "corpus-only", "corpus-only-continued", "medseg-only",
                             "kfold-with-medseg", "kfold-with-medseg-continued", "kfold-corpus-only",
                             "kfold-corpus-only-continued", "kfold-corpus-only-r34", "kfold-corpus-only-48",
-                            "kfold-corpus-only-mobilenet", "kfold-corpus-only-fp32"}
+                            "kfold-corpus-only-mobilenet", "kfold-corpus-only-fp32",
+                            "kfold-corpus-only-tversky"}
     for stage_1, stage_2 in ((configs["corpus-only"], configs["corpus-only-continued"]),
                              (configs["kfold-with-medseg"], configs["kfold-with-medseg-continued"]),
                              (configs["kfold-corpus-only"], configs["kfold-corpus-only-continued"])):
@@ -166,13 +196,14 @@ def test_recorded_training_configurations_are_valid() -> None:
     assert not with_medseg.init_model and not corpus_only.init_model
     assert (with_medseg.epochs, with_medseg.learning_rate, with_medseg.healthy_volumes) == \
         (corpus_only.epochs, corpus_only.learning_rate, corpus_only.healthy_volumes)
-    # each study of the chosen recipe changes one thing: the encoder, the length of the schedule, or the
-    # precision; the MobileNetV2 and 48-epoch studies also run in float32 (their machine had no native
-    # bfloat16), which the README states, and the float32 study is their control
+    # each study of the chosen recipe changes one thing: the encoder, the length of the schedule, the loss or
+    # the precision; the MobileNetV2, 48-epoch and Tversky studies also run in float32 (their machine had no
+    # native bfloat16), which the README states, and the float32 study is their control
     for study, changed in (("kfold-corpus-only-r34", {"encoder": "resnet34"}),
                            ("kfold-corpus-only-fp32", {"cpu_bf16": False}),
                            ("kfold-corpus-only-48", {"epochs": 48, "cpu_bf16": False}),
-                           ("kfold-corpus-only-mobilenet", {"encoder": "mobilenet_v2", "cpu_bf16": False})):
+                           ("kfold-corpus-only-mobilenet", {"encoder": "mobilenet_v2", "cpu_bf16": False}),
+                           ("kfold-corpus-only-tversky", {"infection_miss_weight": 0.7, "cpu_bf16": False})):
         fields = asdict(configs[study])
         assert {name: fields[name] for name in changed} == changed != \
             {name: getattr(corpus_only, name) for name in changed}
