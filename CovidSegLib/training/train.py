@@ -132,7 +132,7 @@ def masked_loss(logits, targets, labelled, miss_weights: tuple[float, ...] | Non
     """BCE + an overlap loss per output channel, over the samples where that output is labelled.
 
     The overlap loss is soft Dice, or with a channel's ``miss_weights`` other than 0.5 the Tversky loss, where
-    a missed voxel costs that weight and an invented one 1 minus it (missed faint ground glass is where the
+    a missed voxel costs that weight and an invented one 1 minus it (lesion missed on unseen patients is where the
     cross-validated infection Dice is lost)."""
     import torch
     import torch.nn.functional as F
