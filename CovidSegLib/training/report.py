@@ -88,36 +88,51 @@ def medseg_score_key(card: ModelCard) -> str:
 def hu_slice_scores(model: LoadedModel, folder: Path, work: Path) -> dict:
     """Infection (and lung) Dice of the HU slices through ``covidseg segment``: each slice (display orientation)
     stacked into a volume in LPS, written as NRRD, segmented and written by the product path, read back."""
-    import SimpleITK as sitk
-
-    from ..evaluation import default_mapping, mapped_masks
-    from ..labels import INFECTION_VALUES, LEFT_LUNG, RIGHT_LUNG
-    from ..reading import read_segmentation
-
     infection_pred, infection_ref, lungs_pred, lungs_ref, per_slice = [], [], [], [], {}
     for path in sorted(folder.glob("*.npz")):
-        with np.load(path) as data:
-            hu, lungs, infection = (np.rot90(data[k]) for k in ("image", "lung_mask", "infection_mask"))
-        image = sitk.GetImageFromArray(np.repeat(hu[None], HU_SLICE_COPIES, axis=0).astype(np.int16))
-        image.SetSpacing((HU_SLICE_PIXEL_MM, HU_SLICE_PIXEL_MM, 1.0))  # identity direction: LPS, display rows
-        ct, output = work / f"{path.stem}.nrrd", work / f"{path.stem}.seg.nrrd"
-        sitk.WriteImage(image, str(ct))
-        segment_file(ct, output, model, SegmentOptions(device="cpu", allow_empty=True))  # measured, not refused
-        written = read_segmentation(output)
-        middle = HU_SLICE_COPIES // 2
-        masks = {value: mask[middle] for value, mask in mapped_masks(written, default_mapping(written)).items()}
-        empty = np.zeros(hu.shape, bool)
-        found_infection = np.logical_or.reduce([masks.get(v, empty) for v in INFECTION_VALUES])
+        hu, lungs, infection = read_hu_slice(path)
+        found_lungs, found_infection = segment_hu_slice(model, hu, work, path.stem)
         infection_pred.append(found_infection)
-        infection_ref.append(infection > 0)
-        lungs_pred.append(masks.get(LEFT_LUNG, empty) | masks.get(RIGHT_LUNG, empty) | found_infection)
-        lungs_ref.append(lungs > 0)
+        infection_ref.append(infection)
+        lungs_pred.append(found_lungs | found_infection)
+        lungs_ref.append(lungs)
         per_slice[path.stem] = dice_figures(infection_pred[-1][None], infection_ref[-1][None])["pooled_dice"]
     return {"infection": dice_figures(np.stack(infection_pred), np.stack(infection_ref)),
             "lungs": dice_figures(np.stack(lungs_pred), np.stack(lungs_ref)),
             "infection_dice_per_slice": per_slice,
             "how": f"each slice stacked {HU_SLICE_COPIES}x into a volume ({HU_SLICE_PIXEL_MM} mm pixels, 1 mm "
                    "slices) and run through covidseg segment; scored on its middle slice"}
+
+
+def read_hu_slice(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """HU, expert lungs and expert infection (booleans) of one hu_infection slice, in the display orientation."""
+    with np.load(path) as data:
+        hu, lungs, infection = (np.rot90(data[k]) for k in ("image", "lung_mask", "infection_mask"))
+    return hu, lungs > 0, infection > 0
+
+
+def segment_hu_slice(model: LoadedModel, hu: np.ndarray, work: Path, name: str = "slice"
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Lungs (left or right) and infection that ``covidseg segment`` finds on one HU slice (display orientation):
+    stacked into a volume in LPS, written as NRRD, segmented and written by the product path, read back; the
+    middle slice's masks."""
+    import SimpleITK as sitk
+
+    from ..evaluation import default_mapping, mapped_masks
+    from ..labels import INFECTION_VALUES, LEFT_LUNG, RIGHT_LUNG
+    from ..reading import read_segmentation
+
+    image = sitk.GetImageFromArray(np.repeat(hu[None], HU_SLICE_COPIES, axis=0).astype(np.int16))
+    image.SetSpacing((HU_SLICE_PIXEL_MM, HU_SLICE_PIXEL_MM, 1.0))  # identity direction: LPS, display rows
+    ct, output = work / f"{name}.nrrd", work / f"{name}.seg.nrrd"
+    sitk.WriteImage(image, str(ct))
+    segment_file(ct, output, model, SegmentOptions(device="cpu", allow_empty=True))  # measured, not refused
+    written = read_segmentation(output)
+    middle = HU_SLICE_COPIES // 2
+    masks = {value: mask[middle] for value, mask in mapped_masks(written, default_mapping(written)).items()}
+    empty = np.zeros(hu.shape, bool)
+    infection = np.logical_or.reduce([masks.get(v, empty) for v in INFECTION_VALUES])
+    return masks.get(LEFT_LUNG, empty) | masks.get(RIGHT_LUNG, empty), infection
 
 
 def healthy_volume_scores(model: LoadedModel, ct: Path, work: Path, reference: Path | None = None,
