@@ -116,7 +116,7 @@ def postprocess(
     raw_box = raw[box]
     side_if_raw, side_if_not_raw = _side_of_cells(sides[cell_box])
     lung_labels = np.where(raw_box, _upsample_in_plane(side_if_raw, factor, raw_box.shape),
-                           _upsample_in_plane(side_if_not_raw, factor, raw_box.shape))
+                                    _upsample_in_plane(side_if_not_raw, factor, raw_box.shape))
     labels[box] = _add_infection(lung_labels, infection[box], float(np.prod(geometry.spacing)))
     return labels
 

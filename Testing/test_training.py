@@ -119,7 +119,7 @@ def test_fine_tuning_starts_from_a_model_with_frozen_encoder(slices: Path, tmp_p
     assert decoder_changed
 
 
-def test_infection_miss_weight_makes_missed_lesion_cost_more_than_invented_lesion(slices: Path) -> None:
+def test_infection_miss_weight_shifts_the_cost_from_invented_to_missed_lesion(slices: Path) -> None:
     """Tversky's weighting of the infection overlap loss, on a real expert infection mask: at 0.5 it is soft Dice
     (both branches agree); above it, missing part of the lesion costs more against inventing as much lesion
     elsewhere than it does under Dice, and below it less."""
@@ -140,6 +140,7 @@ def test_infection_miss_weight_makes_missed_lesion_cost_more_than_invented_lesio
 
     assert loss(missed, 0.5) == pytest.approx(loss(missed, 0.5 + 1e-9)) and \
         loss(invented, 0.5) == pytest.approx(loss(invented, 0.5 - 1e-9))
+
     def missed_over_invented(miss_weight: float) -> float:
         return loss(missed, miss_weight) / loss(invented, miss_weight)
 

@@ -80,13 +80,13 @@ class GroupFigures:
     def figures(self) -> dict:
         both = self.dice.overlap / 2
         found = self.dice.total - self.expert_voxels
+        expert = np.full_like(found, self.expert_voxels)
 
-        def share(part: np.ndarray, whole: np.ndarray | float) -> list[float]:
-            whole = np.broadcast_to(np.asarray(whole, float), part.shape)
+        def share(part: np.ndarray, whole: np.ndarray) -> list[float]:
             return [float(p / w) if w else math.nan for p, w in zip(part, whole)]
 
-        return {"slices": self.slices, "dice": self.dice.dice(), "sensitivity": share(both, self.expert_voxels),
-                "precision": share(both, found), "found_over_expert": share(found, self.expert_voxels)}
+        return {"slices": self.slices, "dice": self.dice.dice(), "sensitivity": share(both, expert),
+                "precision": share(both, found), "found_over_expert": share(found, expert)}
 
 
 @dataclass
