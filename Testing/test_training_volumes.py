@@ -162,7 +162,7 @@ def test_folds_split_by_patient(covid19_ct_seg: Path, slices: Path, tmp_path: Pa
 
 
 def test_cross_validation_trains_every_fold_and_the_report_scores_each_on_its_own_patients(
-        covid19_ct_seg: Path, slices: Path, pairs: Path, tmp_path: Path) -> None:
+        covid19_ct_seg: Path, slices: Path, volumes: Path, pairs: Path, tmp_path: Path) -> None:
     config = TrainConfig(out_dir=str(tmp_path / "cv"), npz_slices=str(slices), volumes=str(covid19_ct_seg),
                          medseg=str(slices / "medseg_train"), medseg_in_folds=True,
                          healthy_volumes=({"path": str(pairs), "label_map": "totalseg-lobes"},),
@@ -180,7 +180,8 @@ def test_cross_validation_trains_every_fold_and_the_report_scores_each_on_its_ow
     # the HU slices stand in here for a patient group of the run (the volume): its own fold's model scores them
     crossval_report.main([write_config("cv.json", config), "--thresholds", "0.5,0.9", "--json",
                           str(tmp_path / "r.json"), "--hu-slices", str(slices / "hu_infection"),
-                          "--hu-slices-group", "coronacases_001", "--floors=none,-800"])
+                          "--hu-slices-group", "coronacases_001", "--floors=none,-800",
+                          "--held-out-ct", f"ctchest4={volumes / 'ctchest4.nrrd'}"])
     report = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))["cv.json"]
     assert report["folds_scored"] == [0, 1] and report["chosen_threshold"] in (0.5, 0.9)
     volume_fold = next(fold for fold in (0, 1)
@@ -207,20 +208,30 @@ def test_cross_validation_trains_every_fold_and_the_report_scores_each_on_its_ow
     for fold, trained in enumerate(summary["per_fold_validation_pooled_dice"]):
         reported = report["per_fold"][str(fold)]["all_infection"][0]
         assert reported == pytest.approx(trained["infection"], abs=0.02) or np.isnan(trained["infection"])
-    # the CT without COVID-19 validates in exactly one fold, where covidseg segment's path measured it
-    measured = [entry["healthy_volumes"] for entry in report["per_fold"].values() if entry["healthy_volumes"]]
+    # the CT without COVID-19 validates in exactly one fold, where covidseg segment's path measured it; the CT no
+    # fold trained on (CTChest) is measured by both
+    assert all("ctchest4" in report["per_fold"][k]["healthy_volumes"] for k in "01")
+    measured = [{name: figures for name, figures in entry["healthy_volumes"].items() if name != "ctchest4"}
+                for entry in report["per_fold"].values()]
+    measured = [entry for entry in measured if entry]
     assert len(measured) == 1 and list(measured[0]) == ["totalseg"]
     for figures in measured[0]["totalseg"]:
         assert figures["false_infection_ml"] >= 0 and isinstance(figures["no_lung"], bool)
         assert 0 <= figures["slices_with_false_infection"] <= figures["slices_with_lung"] or figures["no_lung"]
     # under each floor: the same CT and slices at the card's threshold; a floor only ever takes infection away
     assert report["floors"] == [None, {"min_hu": -800.0, "smoothing_mm": 2.1}]
-    [(name, (unfloored, floored))] = report["floored"]["healthy_volumes"].items()
+    floored_volumes = report["floored"]["healthy_volumes"]
+    assert {"ctchest4 (fold 0)", "ctchest4 (fold 1)"} <= set(floored_volumes) and len(floored_volumes) == 3
+    [(name, (unfloored, floored))] = [(n, v) for n, v in floored_volumes.items() if not n.startswith("ctchest4")]
     assert name.startswith("totalseg (fold ")
     assert unfloored == measured[0]["totalseg"][0], "no floor at the card's threshold is the 0.5 column"
     assert floored["false_infection_ml"] <= unfloored["false_infection_ml"]
     assert len(report["floored"]["hu_slices"]) == 2 and report["floored"]["hu_slices"][0] == \
         report["hu_slices"]["infection"][0]
+    # a CT the configuration trains on is refused as held out, under its own name or another
+    for entry in (f"totalseg={volumes / 'ctchest4.nrrd'}", f"renamed={volumes / 'totalseg_example_ct_sm.nii.gz'}"):
+        with pytest.raises(ValueError, match="trains on this CT"):
+            crossval_report.main([write_config("cv.json", config), "--held-out-ct", entry])
     # fold models trained on other folds than a configuration deals are refused, not scored on their own patients
     with pytest.raises(ValueError, match="medseg_in_folds"):
         crossval_report.main([write_config("other.json", replace(config, medseg_in_folds=False))])

@@ -1,7 +1,8 @@
 """Cross-validated figures of k-fold runs, and the probability threshold chosen on them.
 
     python -m CovidSegLib.training.crossval_report CONFIG.json [CONFIG.json ...] [--thresholds 0.3,0.5,0.7]
-        [--hu-slices DIR [--hu-slices-group corpus/0-159]] [--floors=-850,-800,-750] [--json OUT.json]
+        [--hu-slices DIR [--hu-slices-group corpus/0-159]] [--held-out-ct NAME=CT ...] [--floors=-850,-800,-750]
+        [--json OUT.json]
 
 Each fold's model is scored on that fold's validation patients only (it never trained on them), and the folds
 are pooled, so every patient group counts once (each slice in its first rendering, the model's own). At each
@@ -17,11 +18,14 @@ probability threshold (a card has one, for lungs and infection alike):
   model loses Dice (lesion missed or lesion invented) and on which patients;
 - each CT without COVID-19 that validates in a fold: false infection in mL and slices through ``covidseg
   segment``'s path (read, checks, engine, post-processing, written and read back), and whether it found lung;
+- each CT without COVID-19 that no fold trained on (``--held-out-ct``, e.g. Slicer's CTChest), the same way by
+  every fold model: one CT in a fold's validation is too few to compare recipes on false infection, and these
+  add a scan of another kind to each fold;
 - the HU slices with expert infection (``--hu-slices``), through ``covidseg segment``'s path as the report runs
   them, by the one fold model that never saw their patient (``--hu-slices-group``): the only product-path
   infection figure on COVID-19 CT that is not a fit.
 
-With ``--floors``, the last two (the figures in HU through the product path) are measured again under each
+With ``--floors``, the last three (the figures in HU through the product path) are measured again under each
 infection density floor (:class:`CovidSegLib.density.InfectionFloor`, at ``--floor-smoothing`` mm and the
 cards' own threshold): a floor is chosen on what it takes from these positives and negatives, never on the CTs
 kept out of training. Every threshold and floor runs the product path anew, but the network's output for each
@@ -55,7 +59,7 @@ from ..model import LoadedModel, load_model
 from ..writing import write_text
 from .data import CORPUS_GROUP, SliceSet
 from .memo import memoised
-from .report import healthy_volume_scores, hu_slice_scores, without_nan
+from .report import healthy_volume_scores, hu_slice_scores, named_entry, without_nan
 from .sources import MEDSEG_BLOCK, fold_pool, fold_sets
 from .train import DiceCounts, TrainConfig, add_counts
 from .volumes import find_healthy_cases
@@ -116,9 +120,10 @@ HEALTHY_FIGURES = ("false_infection_ml", "slices_with_false_infection", "slices_
 
 def score_fold(fold: int, model: LoadedModel, validation: SliceSet, healthy_cts: dict[str, Path],
                thresholds: tuple[float, ...], work: Path, batch: int = 32,
-               floors: tuple[InfectionFloor | None, ...] = ()) -> FoldFigures:
-    """``model`` (trained without ``fold``) on ``validation`` (that fold's patients) at every threshold, and its
-    CTs without COVID-19 under every floor."""
+               floors: tuple[InfectionFloor | None, ...] = (),
+               held_out_cts: dict[str, Path] | None = None) -> FoldFigures:
+    """``model`` (trained without ``fold``) on ``validation`` (that fold's patients) at every threshold, and the
+    CTs without COVID-19 among them and in ``held_out_cts`` (no fold trained on those) under every floor."""
     from .slices import resize_masks
 
     healthy = np.isin(validation.groups, list(healthy_cts))
@@ -148,9 +153,8 @@ def score_fold(fold: int, model: LoadedModel, validation: SliceSet, healthy_cts:
         for group in set(group_of[part][lesion_slices[part]]):
             keep = lesion_slices[part] & (group_of[part] == group)
             figures.groups[group].add(logits[keep, 1], masks[keep, 1], thresholds)
-    for name, ct in healthy_cts.items():
-        if name not in validation.groups:
-            continue
+    unseen_cts = {name: ct for name, ct in healthy_cts.items() if name in validation.groups} | (held_out_cts or {})
+    for name, ct in unseen_cts.items():
         once = memoised(model)  # every threshold and floor runs segment's path; the network runs once per CT
         figures.healthy_volumes[name] = [healthy_figures(once.with_threshold(t), ct, work) for t in thresholds]
         if floors:
@@ -188,19 +192,32 @@ def healthy_cts(config: TrainConfig) -> dict[str, Path]:
             for case in find_healthy_cases(Path(folder).expanduser(), label_map)}
 
 
+def check_held_out(config_path: Path, trained: dict[str, Path], held_out: dict[str, Path]) -> None:
+    """Refuse a CT given as held out that the configuration trains on (under its name or its file), or one that
+    does not exist: its false infection would be a fit, or missing, in a table that says held out."""
+    trained_files = {ct.expanduser().resolve() for ct in trained.values()}
+    for name, ct in held_out.items():
+        if name in trained or ct.expanduser().resolve() in trained_files:
+            raise ValueError(f"--held-out-ct {name}={ct}: {config_path.name} trains on this CT (healthy_volumes)")
+        if not ct.expanduser().exists():
+            raise FileNotFoundError(f"--held-out-ct {name}={ct}: no such file")
+
+
 def fold_card(config: TrainConfig, fold: int) -> Path:
     return Path(config.out_dir).expanduser() / f"fold-{fold}" / f"{config.name}.json"
 
 
 def score_run(config_path: Path, thresholds: tuple[float, ...], hu_slices: tuple[Path, str] | None = None,
-              floors: tuple[InfectionFloor | None, ...] = (), log=print) -> list[FoldFigures]:
+              floors: tuple[InfectionFloor | None, ...] = (), log=print,
+              held_out_cts: dict[str, Path] | None = None) -> list[FoldFigures]:
     """Every exported fold model of a k-fold configuration, on its own fold's validation patients; ``hu_slices``
-    (folder, patient group) are scored by the fold model that validates on that group."""
+    (folder, patient group) are scored by the fold model that validates on that group, ``held_out_cts`` by all."""
     config = TrainConfig.from_file(config_path)
     if config.folds < 2:
         raise ValueError(f"{config_path}: not a k-fold configuration (folds = {config.folds})")
     pool, fold_of = fold_pool(config)
     cts = healthy_cts(config)
+    check_held_out(config_path, cts, held_out_cts or {})
     results = []
     with tempfile.TemporaryDirectory() as work:
         for fold in range(config.folds):
@@ -211,7 +228,8 @@ def score_run(config_path: Path, thresholds: tuple[float, ...], hu_slices: tuple
             _, validation, how = fold_sets(pool, fold_of, fold)
             model = load_model(card)
             check_fold_model(config, fold, model, card)
-            figures = score_fold(fold, model, validation, cts, thresholds, Path(work), floors=floors)
+            figures = score_fold(fold, model, validation, cts, thresholds, Path(work), floors=floors,
+                                 held_out_cts=held_out_cts)
             if hu_slices is not None and fold_of.get(hu_slices[1]) == fold:
                 def hu_dice(variant: LoadedModel) -> float:
                     return hu_slice_scores(variant, hu_slices[0], Path(work))["infection"]["pooled_dice"]
@@ -324,6 +342,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hu-slices", type=Path, help="HU slices with expert infection (hu_infection folder)")
     parser.add_argument("--hu-slices-group", default="corpus/0-159",
                         help="their patient group (the shared data README: the corpus' first patient, 0-158)")
+    parser.add_argument("--held-out-ct", action="append", default=[], metavar="NAME=CT",
+                        help="a CT without COVID-19 that no fold trained on, scored by every fold model (repeatable; "
+                        "e.g. ctchest4=../shared/data/volumes/ctchest4.nrrd)")
     parser.add_argument("--floors", help="infection density floors in HU to measure, 'none' for no floor "
                         "(e.g. --floors=none,-850,-800,-750)")
     parser.add_argument("--floor-smoothing", type=float, default=2.1,
@@ -339,11 +360,12 @@ def main(argv: list[str] | None = None) -> None:
         ) if args.floors else ()
     except ValueError as error:
         parser.error(f"--floors {args.floors}: {error}")
+    held_out_cts = {name: Path(path) for name, path in map(named_entry, args.held_out_ct)}
     summaries = {}
     for config_path in args.configs:
         hu_slices = (args.hu_slices, args.hu_slices_group) if args.hu_slices else None
-        summaries[config_path.name] = summarise(score_run(config_path, thresholds, hu_slices, floors), thresholds,
-                                                floors)
+        summaries[config_path.name] = summarise(
+            score_run(config_path, thresholds, hu_slices, floors, held_out_cts=held_out_cts), thresholds, floors)
         print_summary(config_path.name, summaries[config_path.name])
     if args.json:
         write_text(args.json, json.dumps(without_nan(summaries), indent=1))
