@@ -152,6 +152,18 @@ class LoadedModel:
         """The same network under another infection density floor, or none (studies; the card file is untouched)."""
         return replace(self, card=replace(self.card, infection_floor=floor.card_entry() if floor else {}))
 
+    def with_clip_hu(self, clip_hu: tuple[float, float]) -> "LoadedModel":
+        """The same network fed HU clipped to ``clip_hu`` before the corpus transform's min-max (studies of the
+        representation's HU clip; the card file is untouched). Only ``clahe`` cards have the clip."""
+        if self.card.preprocessing.mode != "clahe":
+            raise ModelError(f"model {self.card.name}: its preprocessing mode {self.card.preprocessing.mode!r} "
+                             "has no HU clip")
+        preprocessing = replace(self.card.preprocessing, clip_hu=(float(clip_hu[0]), float(clip_hu[1])))
+        problem = preprocessing.problem()
+        if problem:
+            raise ModelError(f"model {self.card.name}: {problem}")
+        return replace(self, card=replace(self.card, preprocessing=preprocessing))
+
 
 def load_model(card_path: str | Path | None = None) -> LoadedModel:
     """Read a card, check its weights' sha256, and load them (safetensors only) into the network it describes.

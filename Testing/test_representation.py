@@ -3,6 +3,7 @@ every path (volumes through the engine, single slices, training loaders)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -101,3 +102,28 @@ def test_a_card_the_engine_cannot_honour_is_refused() -> None:
             text.replace('"mode": "window"', '"mode": "clahe"')
         with pytest.raises(ModelError, match=message):
             ModelCard.from_json(changed, "x.json")
+
+
+def test_a_study_can_feed_the_engine_another_hu_clip(slices: Path) -> None:
+    """``with_clip_hu`` (crossval_report --clip-hu) changes only the clip the engine applies before the corpus
+    transform: the radiopaedia clip gives the image that clip makes; window-mode cards and bad clips are refused."""
+    torch = pytest.importorskip("torch")
+    from CovidSegLib.inference import SliceSegmenter, whole_slice_box
+    from CovidSegLib.model import LoadedModel, build_network
+
+    card = ModelCard(name="probe", architecture="Unet", encoder="resnet18", encoder_depth=5,
+                     decoder_channels=(16, 16, 16, 16, 16), in_channels=1, input_size=256,
+                     outputs=("lungs", "infection"), preprocessing=CLIPPED, weights_file="", weights_sha256="")
+    model = LoadedModel(card, build_network(card), Path("probe.json"))
+    studied = model.with_clip_hu(RADIOPAEDIA_CLIP)
+    assert studied.card.preprocessing == Preprocessing(mode="clahe", crop="none", clip_hu=RADIOPAEDIA_CLIP)
+    assert model.card.preprocessing.clip_hu == AIR_TO_METAL and studied.network is model.network
+    hu = np.stack([np.rot90(_hu_slice(slices, name)["image"]) for name in HU_SLICES])
+    prepared = SliceSegmenter(studied, torch.device("cpu")).prepare(hu, whole_slice_box(hu.shape[1:]))
+    expected = np.stack([clahe_image(slice_hu, clip_hu=RADIOPAEDIA_CLIP) for slice_hu in hu])
+    assert torch.equal(prepared[:, 0], torch.from_numpy(expected).float() / 255)
+    with pytest.raises(ModelError, match="LOW < HIGH"):
+        model.with_clip_hu((250.0, -1250.0))
+    window = replace(model, card=replace(card, preprocessing=Preprocessing()))
+    with pytest.raises(ModelError, match="has no HU clip"):
+        window.with_clip_hu(RADIOPAEDIA_CLIP)

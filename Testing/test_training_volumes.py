@@ -228,6 +228,15 @@ def test_cross_validation_trains_every_fold_and_the_report_scores_each_on_its_ow
     assert floored["false_infection_ml"] <= unfloored["false_infection_ml"]
     assert len(report["floored"]["hu_slices"]) == 2 and report["floored"]["hu_slices"][0] == \
         report["hu_slices"]["infection"][0]
+    # another HU clip (a study of the representation) moves only what runs from HU, and the report says which clip
+    crossval_report.main([write_config("cv.json", config), "--thresholds", "0.5", "--json", str(tmp_path / "c.json"),
+                          "--hu-slices", str(slices / "hu_infection"), "--hu-slices-group", "coronacases_001",
+                          "--clip-hu=-1250,250"])
+    clipped = json.loads((tmp_path / "c.json").read_text(encoding="utf-8"))["cv.json"]
+    assert clipped["clip_hu"]["replaced_by"] == [-1250, 250] and report["clip_hu"]["replaced_by"] is None
+    for figure in ("corpus_lungs", "corpus_infection", "all_infection"):
+        assert clipped["pooled"][figure] == report["pooled"][figure][:1]
+    assert len(clipped["hu_slices"]["infection"]) == 1
     # a CT the configuration trains on is refused as held out, under its own name or another
     for entry in (f"totalseg={volumes / 'ctchest4.nrrd'}", f"renamed={volumes / 'totalseg_example_ct_sm.nii.gz'}"):
         with pytest.raises(ValueError, match="trains on this CT"):

@@ -2,7 +2,7 @@
 
     python -m CovidSegLib.training.crossval_report CONFIG.json [CONFIG.json ...] [--thresholds 0.3,0.5,0.7]
         [--hu-slices DIR [--hu-slices-group corpus/0-159]] [--held-out-ct NAME=CT ...] [--floors=-850,-800,-750]
-        [--json OUT.json]
+        [--clip-hu=-1250,250] [--json OUT.json]
 
 Each fold's model is scored on that fold's validation patients only (it never trained on them), and the folds
 are pooled, so every patient group counts once (each slice in its first rendering, the model's own). At each
@@ -30,6 +30,10 @@ infection density floor (:class:`CovidSegLib.density.InfectionFloor`, at ``--flo
 cards' own threshold): a floor is chosen on what it takes from these positives and negatives, never on the CTs
 kept out of training. Every threshold and floor runs the product path anew, but the network's output for each
 CT is computed once and re-thresholded (:mod:`.memo`).
+
+``--clip-hu`` studies the representation's HU clip: the figures in HU through the product path (the HU slices
+and the CTs without COVID-19) are measured with the fold cards' ``clip_hu`` replaced (for example by the clip the
+corpus' radiopaedia half had). The corpus and validation-slice figures do not move: their images are made once.
 
 The threshold it names (``chosen_threshold``) is the one of best pooled infection Dice over all validation
 slices: it weighs infection found against infection invented, on patients no fold model trained on, and it looks
@@ -209,9 +213,11 @@ def fold_card(config: TrainConfig, fold: int) -> Path:
 
 def score_run(config_path: Path, thresholds: tuple[float, ...], hu_slices: tuple[Path, str] | None = None,
               floors: tuple[InfectionFloor | None, ...] = (), log=print,
-              held_out_cts: dict[str, Path] | None = None) -> list[FoldFigures]:
+              held_out_cts: dict[str, Path] | None = None,
+              clip_hu: tuple[float, float] | None = None) -> list[FoldFigures]:
     """Every exported fold model of a k-fold configuration, on its own fold's validation patients; ``hu_slices``
-    (folder, patient group) are scored by the fold model that validates on that group, ``held_out_cts`` by all."""
+    (folder, patient group) are scored by the fold model that validates on that group, ``held_out_cts`` by all;
+    ``clip_hu`` replaces the cards' HU clip for what runs from HU."""
     config = TrainConfig.from_file(config_path)
     if config.folds < 2:
         raise ValueError(f"{config_path}: not a k-fold configuration (folds = {config.folds})")
@@ -228,6 +234,8 @@ def score_run(config_path: Path, thresholds: tuple[float, ...], hu_slices: tuple
             _, validation, how = fold_sets(pool, fold_of, fold)
             model = load_model(card)
             check_fold_model(config, fold, model, card)
+            if clip_hu is not None:
+                model = model.with_clip_hu(clip_hu)
             figures = score_fold(fold, model, validation, cts, thresholds, Path(work), floors=floors,
                                  held_out_cts=held_out_cts)
             if hu_slices is not None and fold_of.get(hu_slices[1]) == fold:
@@ -245,7 +253,7 @@ def score_run(config_path: Path, thresholds: tuple[float, ...], hu_slices: tuple
 
 
 def summarise(folds: list[FoldFigures], thresholds: tuple[float, ...],
-              floors: tuple[InfectionFloor | None, ...] = ()) -> dict:
+              floors: tuple[InfectionFloor | None, ...] = (), clip_hu: tuple[float, float] | None = None) -> dict:
     """Pooled over folds (each patient group once) and per fold, per threshold; and the chosen threshold."""
     def pooled(attribute: str) -> list[float]:
         return sum((getattr(f, attribute) for f in folds), DiceCounts.zeros(len(thresholds))).dice()
@@ -267,6 +275,8 @@ def summarise(folds: list[FoldFigures], thresholds: tuple[float, ...],
         "hu_slices": next(({"fold": f.fold, "infection": f.hu_slices_infection} for f in folds
                            if f.hu_slices_infection is not None), None),
         "floors": [f.card_entry() if f else None for f in floors],
+        "clip_hu": {"replaced_by": list(clip_hu) if clip_hu else None,
+                    "applies_to": "the HU slices and the CTs without COVID-19 (through covidseg segment's path)"},
         "floored": {"healthy_volumes": {f"{name} (fold {f.fold})": entries for f in folds
                                         for name, entries in f.healthy_volumes_floored.items()},
                     "hu_slices": next((f.hu_slices_floored for f in folds if f.hu_slices_floored is not None),
@@ -281,6 +291,9 @@ def print_summary(name: str, summary: dict) -> None:
     thresholds = summary["thresholds"]
     volumes = [(fold, volume) for fold, entry in summary["per_fold"].items() for volume in entry["healthy_volumes"]]
     print(f"\n{name}: folds {summary['folds_scored']}, threshold chosen {summary['chosen_threshold']}")
+    if summary["clip_hu"]["replaced_by"]:
+        low, high = summary["clip_hu"]["replaced_by"]
+        print(f"HU clipped to {low:g},{high:g} instead of the cards' clip, for {summary['clip_hu']['applies_to']}")
     header = ["threshold", "lungs", "infection", "MedSeg infection", "infection, all slices", "infection per fold"]
     header += [f"{volume} (fold {fold}) mL/slices" for fold, volume in volumes]
     hu_slices = summary["hu_slices"]
@@ -349,6 +362,8 @@ def main(argv: list[str] | None = None) -> None:
                         "(e.g. --floors=none,-850,-800,-750)")
     parser.add_argument("--floor-smoothing", type=float, default=2.1,
                         help="in-plane Gaussian (mm) before the floor (default 2.1)")
+    parser.add_argument("--clip-hu", help="replace the fold cards' HU clip for the figures measured from HU "
+                        "(e.g. --clip-hu=-1250,250, the corpus' radiopaedia clip)")
     parser.add_argument("--json", type=Path, help="also write every figure here")
     args = parser.parse_args(argv)
     thresholds = tuple(float(t) for t in args.thresholds.split(","))
@@ -361,11 +376,17 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as error:
         parser.error(f"--floors {args.floors}: {error}")
     held_out_cts = {name: Path(path) for name, path in map(named_entry, args.held_out_ct)}
+    try:
+        low, high = (float(v) for v in args.clip_hu.split(",")) if args.clip_hu else (0.0, 0.0)
+    except ValueError:
+        parser.error(f"--clip-hu must be LOW,HIGH in HU: {args.clip_hu}")
+    clip_hu = (low, high) if args.clip_hu else None
     summaries = {}
     for config_path in args.configs:
         hu_slices = (args.hu_slices, args.hu_slices_group) if args.hu_slices else None
         summaries[config_path.name] = summarise(
-            score_run(config_path, thresholds, hu_slices, floors, held_out_cts=held_out_cts), thresholds, floors)
+            score_run(config_path, thresholds, hu_slices, floors, held_out_cts=held_out_cts, clip_hu=clip_hu),
+            thresholds, floors, clip_hu)
         print_summary(config_path.name, summaries[config_path.name])
     if args.json:
         write_text(args.json, json.dumps(without_nan(summaries), indent=1))
