@@ -24,7 +24,7 @@ from CovidSegLib.model import load_model  # noqa: E402
 from CovidSegLib.reading import read_segmentation  # noqa: E402
 from CovidSegLib.training import crossval_report  # noqa: E402
 from CovidSegLib.training.data import NO_PATIENT  # noqa: E402
-from CovidSegLib.training.sources import assign_folds, training_sets  # noqa: E402
+from CovidSegLib.training.sources import assign_folds, first_renderings, training_sets  # noqa: E402
 from CovidSegLib.training.train import TrainConfig, cross_validate, train  # noqa: E402
 from CovidSegLib.training.volumes import covid19_ct_seg_key, find_volume_cases, load_volume_slices  # noqa: E402
 
@@ -63,6 +63,32 @@ def pairs(volumes: Path, tmp_path_factory) -> Path:
     (root / "imagesTr" / "totalseg_0000.nii.gz").symlink_to(volumes / "totalseg_example_ct_sm.nii.gz")
     (root / "labelsTr" / "totalseg.nii.gz").symlink_to(volumes / "totalseg_example_ct_sm_seg.nii.gz")
     return root
+
+
+def test_ct_without_covid_also_trains_as_thick_slices(pairs: Path, volumes: Path) -> None:
+    """With a thickness, each slice of a CT without COVID-19 comes once more as a thick reconstruction shows it:
+    HU averaged over the slab (3 slices of 3 mm for 9 mm), lungs where the slab is mostly lung; validation keeps
+    the thin slice only. A volume whose slices are already that thick gets no copy."""
+    from CovidSegLib.orientation import to_canonical
+    from CovidSegLib.training.data import represent_hu
+    from CovidSegLib.training.volumes import _read_ct
+
+    thin = load_volume_slices(pairs, PREPROCESSING, "totalseg-lobes", healthy=True)
+    both = load_volume_slices(pairs, PREPROCESSING, "totalseg-lobes", healthy=True, thick_mm=9.0)
+    n = len(thin.names)
+    assert len(both.names) == 2 * n and both.names[n:] == thin.names and not both.infection.any()
+    assert np.array_equal(both.images[:n], thin.images) and np.array_equal(first_renderings(both).images, thin.images)
+    canonical, _ = to_canonical(_read_ct(volumes / "totalseg_example_ct_sm.nii.gz"))
+    assert canonical.geometry.spacing[2] == pytest.approx(3.0)  # every slice is chosen at 3 mm
+    middle = n // 2
+    slab = canonical.array[middle - 1:middle + 2].astype(np.float32).mean(axis=0)
+    assert np.array_equal(both.images[n + middle], represent_hu(slab[None], PREPROCESSING)[0])
+    assert not np.array_equal(both.images[n + middle], thin.images[middle])
+    lung_share = both.lungs[n:].mean()
+    assert 0.5 * thin.lungs.mean() < lung_share < 1.5 * thin.lungs.mean()  # the same lungs, edges partial-volumed
+    assert len(load_volume_slices(pairs, PREPROCESSING, "totalseg-lobes", healthy=True, thick_mm=4.0).names) == n
+    with pytest.raises(ValueError, match="healthy_thick_slices_mm"):
+        TrainConfig(out_dir="x", healthy_thick_slices_mm=-1.0)
 
 
 def test_covid19_ct_seg_names_pair_up() -> None:

@@ -25,7 +25,8 @@ def load_sources(config) -> tuple[list[SliceSet], SliceSet | None]:
     """The training pool per source, and the corpus' validation groups (None without the corpus).
 
     HU sources are rendered with the model's preprocessing and with each of ``config.hu_variants()`` (the
-    corpus itself mixes both: its HU half was normalised unclipped, its radiopaedia half clipped)."""
+    corpus itself mixes both: its HU half was normalised unclipped, its radiopaedia half clipped); CTs without
+    COVID-19 also as thick slices with ``config.healthy_thick_slices_mm``."""
     parts, corpus_validation = [], None
     preprocessing, variants, window = config.preprocessing(), config.hu_variants(), tuple(config.window)
     if config.corpus:
@@ -41,7 +42,8 @@ def load_sources(config) -> tuple[list[SliceSet], SliceSet | None]:
     if config.volumes:
         parts.append(load_volume_slices(config.volumes, preprocessing, config.label_map, variants))
     for folder, label_map in config.healthy_folders():
-        parts.append(load_volume_slices(folder, preprocessing, label_map, variants, healthy=True))
+        parts.append(load_volume_slices(folder, preprocessing, label_map, variants, healthy=True,
+                                        thick_mm=config.healthy_thick_slices_mm))
     if not parts:
         raise ValueError("no training data: set corpus, medseg, npz_slices, volumes and/or healthy_volumes in the "
                          "configuration")

@@ -70,6 +70,9 @@ class TrainConfig:
     window: tuple[float, float] = (-1250.0, 250.0)  # the HU window 8-bit sources (MedSeg, radiopaedia) span
     clip_hu: tuple[float, float] | None = AIR_TO_METAL  # the representation's HU clip (None: unclipped)
     render_hu_variants: bool = True  # also render HU sources as the corpus' radiopaedia half was (augmentation)
+    #: also render each CT without COVID-19 as slices this thick (mm; 0: no), HU averaged over the slab as a thick
+    #: reconstruction does: coarse CT's partial-volumed normal lung is what models without it call infection
+    healthy_thick_slices_mm: float = 0.0
     select_best: bool = True  # export the epoch of best validation Dice; False: the last epoch
     epochs: int = 30
     batch_size: int = 16
@@ -93,6 +96,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if not 0 < self.infection_miss_weight < 1:
             raise ValueError(f"infection_miss_weight must lie between 0 and 1, not {self.infection_miss_weight}")
+        if self.healthy_thick_slices_mm < 0:
+            raise ValueError(f"healthy_thick_slices_mm must be 0 (off) or a thickness in mm, not "
+                             f"{self.healthy_thick_slices_mm}")
 
     @classmethod
     def from_file(cls, path: str | Path) -> "TrainConfig":
@@ -406,7 +412,8 @@ def describe_data(config: TrainConfig, train_set: SliceSet, how: str) -> str:
         ("MedSeg medseg_train", config.medseg),
         ("COVID-19-CT-Seg npz slices", config.npz_slices),
         (f"volumes from {Path(str(config.volumes)).name}", config.volumes),
-        (f"healthy volumes (no COVID-19) from {', '.join(Path(f).name for f, _ in config.healthy_folders())}",
+        (f"healthy volumes (no COVID-19) from {', '.join(Path(f).name for f, _ in config.healthy_folders())}"
+         + (f", also as {config.healthy_thick_slices_mm:g} mm slices" if config.healthy_thick_slices_mm else ""),
          config.healthy_volumes),
     ) if used]
     return f"{' + '.join(sources)} ({len(train_set.names)} slices); {how}"
