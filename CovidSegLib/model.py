@@ -154,7 +154,8 @@ class LoadedModel:
 
     def with_clip_hu(self, clip_hu: tuple[float, float]) -> "LoadedModel":
         """The same network fed HU clipped to ``clip_hu`` before the corpus transform's min-max (studies of the
-        representation's HU clip; the card file is untouched). Only ``clahe`` cards have the clip."""
+        representation's HU clip; the card file is untouched). Only ``clahe`` cards have the clip. An int8
+        calibration in the card stays, though it was measured on images of the card's own clip."""
         if self.card.preprocessing.mode != "clahe":
             raise ModelError(f"model {self.card.name}: its preprocessing mode {self.card.preprocessing.mode!r} "
                              "has no HU clip")

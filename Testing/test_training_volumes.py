@@ -188,7 +188,7 @@ def test_folds_split_by_patient(covid19_ct_seg: Path, slices: Path, tmp_path: Pa
 
 
 def test_cross_validation_trains_every_fold_and_the_report_scores_each_on_its_own_patients(
-        covid19_ct_seg: Path, slices: Path, volumes: Path, pairs: Path, tmp_path: Path) -> None:
+        covid19_ct_seg: Path, slices: Path, volumes: Path, pairs: Path, tmp_path: Path, monkeypatch) -> None:
     config = TrainConfig(out_dir=str(tmp_path / "cv"), npz_slices=str(slices), volumes=str(covid19_ct_seg),
                          medseg=str(slices / "medseg_train"), medseg_in_folds=True,
                          healthy_volumes=({"path": str(pairs), "label_map": "totalseg-lobes"},),
@@ -203,7 +203,9 @@ def test_cross_validation_trains_every_fold_and_the_report_scores_each_on_its_ow
         (tmp_path / name).write_text(json.dumps({**asdict(changed), "healthy_volumes": list(changed.healthy_volumes)}))
         return str(tmp_path / name)
 
-    # the HU slices stand in here for a patient group of the run (the volume): its own fold's model scores them
+    # the HU slices stand in here for a patient group of the run (the volume): its own fold's model scores them.
+    # CTChest stands in for a CT no fold trained on (the run's COVID-19 volume is a copy of it, but with infection
+    # labelled, so it is no negative: only the CTs without COVID-19 are checked against --held-out-ct)
     crossval_report.main([write_config("cv.json", config), "--thresholds", "0.5,0.9", "--json",
                           str(tmp_path / "r.json"), "--hu-slices", str(slices / "hu_infection"),
                           "--hu-slices-group", "coronacases_001", "--floors=none,-800",
@@ -236,8 +238,8 @@ def test_cross_validation_trains_every_fold_and_the_report_scores_each_on_its_ow
         assert reported == pytest.approx(trained["infection"], abs=0.02) or np.isnan(trained["infection"])
     # the CT without COVID-19 validates in exactly one fold, where covidseg segment's path measured it; the CT no
     # fold trained on (CTChest) is measured by both
-    assert all("ctchest4" in report["per_fold"][k]["healthy_volumes"] for k in "01")
-    measured = [{name: figures for name, figures in entry["healthy_volumes"].items() if name != "ctchest4"}
+    assert all("ctchest4 (held out)" in report["per_fold"][k]["healthy_volumes"] for k in "01")
+    measured = [{name: figures for name, figures in entry["healthy_volumes"].items() if "held out" not in name}
                 for entry in report["per_fold"].values()]
     measured = [entry for entry in measured if entry]
     assert len(measured) == 1 and list(measured[0]) == ["totalseg"]
@@ -247,7 +249,8 @@ def test_cross_validation_trains_every_fold_and_the_report_scores_each_on_its_ow
     # under each floor: the same CT and slices at the card's threshold; a floor only ever takes infection away
     assert report["floors"] == [None, {"min_hu": -800.0, "smoothing_mm": 2.1}]
     floored_volumes = report["floored"]["healthy_volumes"]
-    assert {"ctchest4 (fold 0)", "ctchest4 (fold 1)"} <= set(floored_volumes) and len(floored_volumes) == 3
+    assert {"ctchest4 (held out) (fold 0)", "ctchest4 (held out) (fold 1)"} <= set(floored_volumes) and \
+        len(floored_volumes) == 3
     [(name, (unfloored, floored))] = [(n, v) for n, v in floored_volumes.items() if not n.startswith("ctchest4")]
     assert name.startswith("totalseg (fold ")
     assert unfloored == measured[0]["totalseg"][0], "no floor at the card's threshold is the 0.5 column"
@@ -255,6 +258,13 @@ def test_cross_validation_trains_every_fold_and_the_report_scores_each_on_its_ow
     assert len(report["floored"]["hu_slices"]) == 2 and report["floored"]["hu_slices"][0] == \
         report["hu_slices"]["infection"][0]
     # another HU clip (a study of the representation) moves only what runs from HU, and the report says which clip
+    clips_seen = []
+
+    def hu_slice_scores(model, folder, work):
+        clips_seen.append(model.card.preprocessing.clip_hu)
+        return {"infection": {"pooled_dice": 0.5}}
+
+    monkeypatch.setattr(crossval_report, "hu_slice_scores", hu_slice_scores)
     crossval_report.main([write_config("cv.json", config), "--thresholds", "0.5", "--json", str(tmp_path / "c.json"),
                           "--hu-slices", str(slices / "hu_infection"), "--hu-slices-group", "coronacases_001",
                           "--clip-hu=-1250,250"])
@@ -262,7 +272,7 @@ def test_cross_validation_trains_every_fold_and_the_report_scores_each_on_its_ow
     assert clipped["clip_hu"]["replaced_by"] == [-1250, 250] and report["clip_hu"]["replaced_by"] is None
     for figure in ("corpus_lungs", "corpus_infection", "all_infection"):
         assert clipped["pooled"][figure] == report["pooled"][figure][:1]
-    assert len(clipped["hu_slices"]["infection"]) == 1
+    assert len(clipped["hu_slices"]["infection"]) == 1 and clips_seen == [(-1250.0, 250.0)]
     # a CT the configuration trains on is refused as held out, under its own name or another
     for entry in (f"totalseg={volumes / 'ctchest4.nrrd'}", f"renamed={volumes / 'totalseg_example_ct_sm.nii.gz'}"):
         with pytest.raises(ValueError, match="trains on this CT"):

@@ -18,18 +18,19 @@ probability threshold (a card has one, for lungs and infection alike):
   model loses Dice (lesion missed or lesion invented) and on which patients;
 - each CT without COVID-19 that validates in a fold: false infection in mL and slices through ``covidseg
   segment``'s path (read, checks, engine, post-processing, written and read back), and whether it found lung;
-- each CT without COVID-19 that no fold trained on (``--held-out-ct``, e.g. Slicer's CTChest), the same way by
-  every fold model: one CT in a fold's validation is too few to compare recipes on false infection, and these
-  add a scan of another kind to each fold;
+- each CT without COVID-19 that no fold trained on (``--held-out-ct``, e.g. Slicer's CTChest; named "NAME
+  (held out)"), the same way by every fold model: one CT in a fold's validation is too few to see how recipes
+  differ in false infection. These are for looking, not choosing: a recipe chosen on a CT makes that CT's
+  figure a tuned one, so a study decided on one must say so and keep another CT out;
 - the HU slices with expert infection (``--hu-slices``), through ``covidseg segment``'s path as the report runs
   them, by the one fold model that never saw their patient (``--hu-slices-group``): the only product-path
   infection figure on COVID-19 CT that is not a fit.
 
 With ``--floors``, the last three (the figures in HU through the product path) are measured again under each
 infection density floor (:class:`CovidSegLib.density.InfectionFloor`, at ``--floor-smoothing`` mm and the
-cards' own threshold): a floor is chosen on what it takes from these positives and negatives, never on the CTs
-kept out of training. Every threshold and floor runs the product path anew, but the network's output for each
-CT is computed once and re-thresholded (:mod:`.memo`).
+cards' own threshold): a floor is chosen on what it takes from the validation positives and negatives, never
+on the CTs kept out of training (``--held-out-ct`` among them). Every threshold and floor runs the product
+path anew, but the network's output for each CT is computed once and re-thresholded (:mod:`.memo`).
 
 ``--clip-hu`` studies the representation's HU clip: the figures in HU through the product path (the HU slices
 and the CTs without COVID-19) are measured with the fold cards' ``clip_hu`` replaced (for example by the clip the
@@ -120,6 +121,8 @@ class FoldFigures:
 
 
 HEALTHY_FIGURES = ("false_infection_ml", "slices_with_false_infection", "slices_with_lung", "no_lung")
+#: marks a ``--held-out-ct`` CT among a fold's CTs without COVID-19 (the others validate in that fold)
+HELD_OUT = " (held out)"
 
 
 def score_fold(fold: int, model: LoadedModel, validation: SliceSet, healthy_cts: dict[str, Path],
@@ -157,7 +160,8 @@ def score_fold(fold: int, model: LoadedModel, validation: SliceSet, healthy_cts:
         for group in set(group_of[part][lesion_slices[part]]):
             keep = lesion_slices[part] & (group_of[part] == group)
             figures.groups[group].add(logits[keep, 1], masks[keep, 1], thresholds)
-    unseen_cts = {name: ct for name, ct in healthy_cts.items() if name in validation.groups} | (held_out_cts or {})
+    unseen_cts = {name: ct for name, ct in healthy_cts.items() if name in validation.groups} | {
+        name + HELD_OUT: ct for name, ct in (held_out_cts or {}).items()}
     for name, ct in unseen_cts.items():
         once = memoised(model)  # every threshold and floor runs segment's path; the network runs once per CT
         figures.healthy_volumes[name] = [healthy_figures(once.with_threshold(t), ct, work) for t in thresholds]
@@ -197,8 +201,10 @@ def healthy_cts(config: TrainConfig) -> dict[str, Path]:
 
 
 def check_held_out(config_path: Path, trained: dict[str, Path], held_out: dict[str, Path]) -> None:
-    """Refuse a CT given as held out that the configuration trains on (under its name or its file), or one that
-    does not exist: its false infection would be a fit, or missing, in a table that says held out."""
+    """Refuse a CT given as held out that is among the configuration's CTs without COVID-19 (``healthy_volumes``,
+    under its name or its file), or one that does not exist: its false infection would be a fit, or missing, in
+    a table that says held out. COVID-19 sources (``volumes``, ``npz_slices``) are not checked: they label
+    infection, so a CT from them is no negative to hold out."""
     trained_files = {ct.expanduser().resolve() for ct in trained.values()}
     for name, ct in held_out.items():
         if name in trained or ct.expanduser().resolve() in trained_files:
@@ -248,7 +254,7 @@ def score_run(config_path: Path, thresholds: tuple[float, ...], hu_slices: tuple
             results.append(figures)
             log(f"{config_path.name}: {how}; {figures.corpus_slices} corpus slices, {figures.medseg_slices} MedSeg "
                 f"slices, {figures.healthy_slices} slices of CTs without COVID-19 "
-                f"({', '.join(figures.healthy_volumes) or 'none'})")
+                f"({', '.join(n for n in figures.healthy_volumes if not n.endswith(HELD_OUT)) or 'none'})")
     return results
 
 

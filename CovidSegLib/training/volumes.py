@@ -152,7 +152,7 @@ def case_slices(case: VolumeCase, preprocessing: Preprocessing, variants: tuple[
     ``healthy``: the patient has no COVID-19, so infection is labelled (empty) on every slice.
     ``thick_mm``: each slice also once more as a thick reconstruction of about that thickness would show it
     (:func:`thick_slabs`), in ``preprocessing``, under the same name (another rendering of the same slice, so
-    validation scores only the thin one). Skipped where the volume's slices are already that thick.
+    validation scores only the thin one). Skipped where a slab would be one slice (:func:`slab_half_width`).
     """
     ct = _read_ct(case.image)
     masks: dict[int, np.ndarray] = {}
@@ -191,8 +191,8 @@ def case_slices(case: VolumeCase, preprocessing: Preprocessing, variants: tuple[
 
 
 def slab_half_width(thick_mm: float, slice_mm: float) -> int:
-    """Slices on each side of a slab about ``thick_mm`` thick (``2 * half + 1`` slices); 0 when the volume's own
-    slices are already about that thick."""
+    """Slices on each side of a slab about ``thick_mm`` thick (``2 * half + 1`` slices, rounded to the nearest
+    odd count); 0, no slab, when the volume's slices are half that thick or more (5 mm slices for 10 mm)."""
     if thick_mm <= 0:
         return 0
     return max(0, int(round((thick_mm / slice_mm - 1) / 2)))
