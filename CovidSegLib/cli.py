@@ -57,13 +57,14 @@ def progress_display(description: str, quiet: bool = False, stream: TextIO | Non
     yield log_line
 
 
-def _window(text: str) -> tuple[float, float]:
+def hu_range(text: str) -> tuple[float, float]:
+    """argparse type of a ``LOW,HIGH`` range in HU (a window, a clip), LOW below HIGH."""
     try:
         low, high = (float(v) for v in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"window must be LOW,HIGH in HU, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"must be LOW,HIGH in HU, got {text!r}") from None
     if not low < high:
-        raise argparse.ArgumentTypeError(f"window LOW must be below HIGH, got {text!r}")
+        raise argparse.ArgumentTypeError(f"LOW must be below HIGH, got {text!r}")
     return low, high
 
 
@@ -73,7 +74,7 @@ def add_intensity_options(parser: argparse.ArgumentParser) -> None:
         help="input intensities: 'hu' (default, checked) or 'windowed' for 8-bit exports of a HU window",
     )
     parser.add_argument(
-        "--window", type=_window, default=(-1250.0, 250.0), metavar="LOW,HIGH",
+        "--window", type=hu_range, default=(-1250.0, 250.0), metavar="LOW,HIGH",
         help="with --intensity windowed: the HU window that 0..255 spans (default -1250,250)",
     )
 
@@ -349,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--float32", action="store_true",
                          help="run the network in float32 on the CPU (default: int8 convolutions on x86 CPUs when the "
                          "model card is calibrated for them)")
-    predict.add_argument("--window", type=_window, metavar="LOW,HIGH",
+    predict.add_argument("--window", type=hu_range, metavar="LOW,HIGH",
                          help="HU window that 0..255 of 8-bit slices spans (default: the model's window)")
     predict.add_argument("--npz-orientation", choices=("nibabel", "display"), default="nibabel",
                          help="how .npz slices are stored: 'nibabel' (COVID-19-CT-Seg: as nibabel returns the "

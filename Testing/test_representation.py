@@ -24,6 +24,16 @@ def _hu_slice(slices: Path, name: str) -> dict[str, np.ndarray]:
         return {key: data[key] for key in data.files}
 
 
+def _probe_model(preprocessing: Preprocessing):
+    """An untrained small network behind a card with ``preprocessing``: what the engine feeds it is the test."""
+    from CovidSegLib.model import LoadedModel, build_network
+
+    card = ModelCard(name="probe", architecture="Unet", encoder="resnet18", encoder_depth=5,
+                     decoder_channels=(16, 16, 16, 16, 16), in_channels=1, input_size=256,
+                     outputs=("lungs", "infection"), preprocessing=preprocessing, weights_file="", weights_sha256="")
+    return LoadedModel(card, build_network(card), Path("probe.json"))
+
+
 @pytest.mark.parametrize("name", HU_SLICES)
 def test_clahe_of_a_hu_slice_is_the_corpus_image_bit_for_bit(slices: Path, name: str) -> None:
     data = _hu_slice(slices, name)
@@ -61,12 +71,8 @@ def test_the_engine_feeds_whole_slices_in_the_corpus_representation(slices: Path
     corpus image (whole slice, CLAHE at 256x256), before the resize to the network's input size."""
     torch = pytest.importorskip("torch")
     from CovidSegLib.inference import SliceSegmenter, whole_slice_box
-    from CovidSegLib.model import LoadedModel, build_network
 
-    card = ModelCard(name="probe", architecture="Unet", encoder="resnet18", encoder_depth=5,
-                     decoder_channels=(16, 16, 16, 16, 16), in_channels=1, input_size=256,
-                     outputs=("lungs", "infection"), preprocessing=UNCLIPPED, weights_file="", weights_sha256="")
-    segmenter = SliceSegmenter(LoadedModel(card, build_network(card), Path("probe.json")), torch.device("cpu"))
+    segmenter = SliceSegmenter(_probe_model(UNCLIPPED), torch.device("cpu"))
     hu = np.stack([np.rot90(_hu_slice(slices, name)["image"]) for name in HU_SLICES])
     prepared = segmenter.prepare(hu, whole_slice_box(hu.shape[1:]))
     expected = np.stack([_hu_slice(slices, name)["corpus_ct_256"] for name in HU_SLICES])
@@ -109,12 +115,8 @@ def test_a_study_can_feed_the_engine_another_hu_clip(slices: Path) -> None:
     transform: the radiopaedia clip gives the image that clip makes; window-mode cards and bad clips are refused."""
     torch = pytest.importorskip("torch")
     from CovidSegLib.inference import SliceSegmenter, whole_slice_box
-    from CovidSegLib.model import LoadedModel, build_network
 
-    card = ModelCard(name="probe", architecture="Unet", encoder="resnet18", encoder_depth=5,
-                     decoder_channels=(16, 16, 16, 16, 16), in_channels=1, input_size=256,
-                     outputs=("lungs", "infection"), preprocessing=CLIPPED, weights_file="", weights_sha256="")
-    model = LoadedModel(card, build_network(card), Path("probe.json"))
+    model = _probe_model(CLIPPED)
     studied = model.with_clip_hu(RADIOPAEDIA_CLIP)
     assert studied.card.preprocessing == Preprocessing(mode="clahe", crop="none", clip_hu=RADIOPAEDIA_CLIP)
     assert model.card.preprocessing.clip_hu == AIR_TO_METAL and studied.network is model.network
@@ -124,6 +126,6 @@ def test_a_study_can_feed_the_engine_another_hu_clip(slices: Path) -> None:
     assert torch.equal(prepared[:, 0], torch.from_numpy(expected).float() / 255)
     with pytest.raises(ModelError, match="LOW < HIGH"):
         model.with_clip_hu((250.0, -1250.0))
-    window = replace(model, card=replace(card, preprocessing=Preprocessing()))
+    window = replace(model, card=replace(model.card, preprocessing=Preprocessing()))
     with pytest.raises(ModelError, match="has no HU clip"):
         window.with_clip_hu(RADIOPAEDIA_CLIP)

@@ -58,6 +58,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cli import hu_range
 from ..density import InfectionFloor
 from ..inference import SliceSegmenter, select_device
 from ..model import LoadedModel, load_model
@@ -368,7 +369,8 @@ def main(argv: list[str] | None = None) -> None:
                         "(e.g. --floors=none,-850,-800,-750)")
     parser.add_argument("--floor-smoothing", type=float, default=2.1,
                         help="in-plane Gaussian (mm) before the floor (default 2.1)")
-    parser.add_argument("--clip-hu", help="replace the fold cards' HU clip for the figures measured from HU "
+    parser.add_argument("--clip-hu", type=hu_range, metavar="LOW,HIGH",
+                        help="replace the fold cards' HU clip for the figures measured from HU "
                         "(e.g. --clip-hu=-1250,250, the corpus' radiopaedia clip)")
     parser.add_argument("--json", type=Path, help="also write every figure here")
     args = parser.parse_args(argv)
@@ -382,17 +384,12 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as error:
         parser.error(f"--floors {args.floors}: {error}")
     held_out_cts = {name: Path(path) for name, path in map(named_entry, args.held_out_ct)}
-    try:
-        low, high = (float(v) for v in args.clip_hu.split(",")) if args.clip_hu else (0.0, 0.0)
-    except ValueError:
-        parser.error(f"--clip-hu must be LOW,HIGH in HU: {args.clip_hu}")
-    clip_hu = (low, high) if args.clip_hu else None
     summaries = {}
     for config_path in args.configs:
         hu_slices = (args.hu_slices, args.hu_slices_group) if args.hu_slices else None
         summaries[config_path.name] = summarise(
-            score_run(config_path, thresholds, hu_slices, floors, held_out_cts=held_out_cts, clip_hu=clip_hu),
-            thresholds, floors, clip_hu)
+            score_run(config_path, thresholds, hu_slices, floors, held_out_cts=held_out_cts, clip_hu=args.clip_hu),
+            thresholds, floors, args.clip_hu)
         print_summary(config_path.name, summaries[config_path.name])
     if args.json:
         write_text(args.json, json.dumps(without_nan(summaries), indent=1))
