@@ -179,7 +179,7 @@ def test_recorded_training_configurations_are_valid() -> None:
                             "kfold-with-medseg", "kfold-with-medseg-continued", "kfold-corpus-only",
                             "kfold-corpus-only-continued", "kfold-corpus-only-r34", "kfold-corpus-only-48",
                             "kfold-corpus-only-mobilenet", "kfold-corpus-only-fp32",
-                            "kfold-corpus-only-tversky", "kfold-corpus-only-thick"}
+                            "kfold-corpus-only-tversky", "kfold-corpus-only-tversky-06", "kfold-corpus-only-thick"}
     for stage_1, stage_2 in ((configs["corpus-only"], configs["corpus-only-continued"]),
                              (configs["kfold-with-medseg"], configs["kfold-with-medseg-continued"]),
                              (configs["kfold-corpus-only"], configs["kfold-corpus-only-continued"])):
@@ -206,6 +206,7 @@ def test_recorded_training_configurations_are_valid() -> None:
                            ("kfold-corpus-only-48", {"epochs": 48, "cpu_bf16": False}),
                            ("kfold-corpus-only-mobilenet", {"encoder": "mobilenet_v2", "cpu_bf16": False}),
                            ("kfold-corpus-only-tversky", {"infection_miss_weight": 0.7}),
+                           ("kfold-corpus-only-tversky-06", {"infection_miss_weight": 0.6}),
                            ("kfold-corpus-only-thick", {"healthy_thick_slices_mm": 10.0})):
         fields = asdict(configs[study])
         assert {name: fields[name] for name in changed} == changed != \
