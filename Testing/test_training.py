@@ -180,7 +180,7 @@ def test_recorded_training_configurations_are_valid() -> None:
                             "kfold-corpus-only-continued", "kfold-corpus-only-r34", "kfold-corpus-only-48",
                             "kfold-corpus-only-mobilenet", "kfold-corpus-only-fp32",
                             "kfold-corpus-only-tversky", "kfold-corpus-only-tversky-06", "kfold-corpus-only-thick",
-                            "kfold-corpus-only-seed1"}
+                            "kfold-corpus-only-seed1", "kfold-corpus-only-copypaste"}
     for stage_1, stage_2 in ((configs["corpus-only"], configs["corpus-only-continued"]),
                              (configs["kfold-with-medseg"], configs["kfold-with-medseg-continued"]),
                              (configs["kfold-corpus-only"], configs["kfold-corpus-only-continued"])):
@@ -199,10 +199,10 @@ def test_recorded_training_configurations_are_valid() -> None:
     assert (with_medseg.epochs, with_medseg.learning_rate, with_medseg.healthy_volumes) == \
         (corpus_only.epochs, corpus_only.learning_rate, corpus_only.healthy_volumes)
     # each study of the chosen recipe changes one thing: the encoder, the length of the schedule, the loss, the
-    # thick-slice rendering of CTs without COVID-19, the precision, or the seed (the recipe again, to measure
-    # how far figures move from one training run to the next); the MobileNetV2 and 48-epoch studies also
-    # run in float32 (their machine had no native bfloat16), which the README states, and the float32 study is
-    # their control
+    # thick-slice rendering of CTs without COVID-19, the precision, the seed (the recipe again, to measure
+    # how far figures move from one training run to the next), or lesion pasting; the MobileNetV2 and 48-epoch
+    # studies also run in float32 (their machine had no native bfloat16), which the README states, and the
+    # float32 study is their control
     for study, changed in (("kfold-corpus-only-r34", {"encoder": "resnet34"}),
                            ("kfold-corpus-only-fp32", {"cpu_bf16": False}),
                            ("kfold-corpus-only-48", {"epochs": 48, "cpu_bf16": False}),
@@ -210,7 +210,8 @@ def test_recorded_training_configurations_are_valid() -> None:
                            ("kfold-corpus-only-tversky", {"infection_miss_weight": 0.7}),
                            ("kfold-corpus-only-tversky-06", {"infection_miss_weight": 0.6}),
                            ("kfold-corpus-only-thick", {"healthy_thick_slices_mm": 10.0}),
-                           ("kfold-corpus-only-seed1", {"seed": 1})):
+                           ("kfold-corpus-only-seed1", {"seed": 1}),
+                           ("kfold-corpus-only-copypaste", {"augment": {"copy_paste_probability": 0.3}})):
         fields = asdict(configs[study])
         assert {name: fields[name] for name in changed} == changed != \
             {name: getattr(corpus_only, name) for name in changed}

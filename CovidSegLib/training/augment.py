@@ -7,6 +7,8 @@ Intensity: window jitter, gamma, contrast and brightness, blur and noise, so tha
 kernels other than the training data's fall inside what the network has seen.
 Resolution: some slices are shrunk and enlarged again (bilinear), so coarse CT (3 mm pixels, as in Slicer's
 CTChest sample, or thick-slice reconstructions) looks familiar; blur covers smooth kernels and thick slices.
+Lesions (off by default, a study): another slice's infection pasted into this slice's lungs, so that a lesion is
+seen over other patients' lungs, CTs without COVID-19 included, not only over the lung it came with.
 """
 
 from __future__ import annotations
@@ -33,12 +35,22 @@ class AugmentConfig:
     noise_sigma: float = 0.03
     lowres_probability: float = 0.2
     lowres_factor: tuple[float, float] = (1.5, 4.0)  # the image is shrunk by this factor, then enlarged back
+    #: share of the slices that get another slice's infection pasted into their lungs (0: off; no random number
+    #: is drawn for it then, so runs recorded without it resume bit for bit)
+    copy_paste_probability: float = 0.0
 
 
-def augment(images: torch.Tensor, masks: torch.Tensor, config: AugmentConfig, generator: torch.Generator
-            ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Augment ``images`` ``[n, 1, h, w]`` in 0..1 and their ``masks`` ``[n, c, h, w]`` in 0/1 together."""
+#: channel order of the masks (CovidSegLib.slices.MASK_OUTPUTS)
+LUNGS, INFECTION = 0, 1
+
+
+def augment(images: torch.Tensor, masks: torch.Tensor, config: AugmentConfig, generator: torch.Generator,
+            labelled: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Augment ``images`` ``[n, 1, h, w]`` in 0..1 and their ``masks`` ``[n, c, h, w]`` in 0/1 together;
+    ``labelled`` ``[n, c]`` (which masks are known) is needed for lesion pasting only."""
     n = images.shape[0]
+    if config.copy_paste_probability > 0 and labelled is not None:
+        images, masks = paste_lesions(images, masks, labelled, config.copy_paste_probability, generator)
 
     def uniform(low: float, high: float, size: int = n) -> torch.Tensor:
         return torch.rand(size, generator=generator) * (high - low) + low
@@ -87,3 +99,32 @@ def _lower_resolution(images: torch.Tensor, config: AugmentConfig, generator: to
         shrunk = F.interpolate(images[index:index + 1], size=(small, small), mode="area")
         images[index:index + 1] = F.interpolate(shrunk, size=images.shape[-2:], mode="bilinear", align_corners=False)
     return images
+
+
+def paste_lesions(images: torch.Tensor, masks: torch.Tensor, labelled: torch.Tensor, probability: float,
+                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Paste a random other slice's infection (its pixels, mirrored left-right half the time) into the lungs of a
+    ``probability`` share of the slices, before any other augmentation, and add it to their infection mask.
+
+    Why: the corpus holds 20 patients, and a network can learn a lesion together with the lung around it; a
+    pasted lesion sits over another patient's lung, or a CT without COVID-19's. Only where the recipient's lungs
+    and infection and the donor's infection are all labelled (POPI has no lung mask). The pasted region is the
+    donor's infection inside the recipient's lungs; its edge is blended over 3 pixels so that no seam marks it.
+    """
+    n = images.shape[0]
+    chosen = torch.rand(n, generator=generator) < probability
+    donors = torch.randperm(n, generator=generator)
+    mirrored = (torch.rand(n, generator=generator) < 0.5).view(n, 1, 1, 1)
+    usable = chosen & labelled[:, LUNGS].bool() & labelled[:, INFECTION].bool() & labelled[donors, INFECTION].bool()
+    if not usable.any():
+        return images, masks
+    donor_images = torch.where(mirrored, images[donors].flip(-1), images[donors])
+    donor_lesions = masks[donors, INFECTION:INFECTION + 1]
+    donor_lesions = torch.where(mirrored, donor_lesions.flip(-1), donor_lesions)
+    lungs = masks[:, LUNGS:LUNGS + 1]
+    region = donor_lesions * lungs * usable.view(n, 1, 1, 1).to(masks.dtype)
+    alpha = F.avg_pool2d(region, 3, stride=1, padding=1) * lungs
+    images = images * (1 - alpha) + donor_images * alpha
+    masks = masks.clone()
+    masks[:, INFECTION:INFECTION + 1] = torch.maximum(masks[:, INFECTION:INFECTION + 1], region)
+    return images, masks

@@ -321,7 +321,7 @@ def train(config: TrainConfig, log=print) -> Path:
         losses = []
         for step in range(steps_per_epoch):
             index = step_indices(order, step, config.batch_size, dist.rank, dist.world)
-            x, y = augment(images[index], masks[index], augment_config, augment_generator)
+            x, y = augment(images[index], masks[index], augment_config, augment_generator, labelled[index])
             with autocast:
                 logits = model(x.to(device, non_blocking=True).contiguous(memory_format=memory_format))
             loss = masked_loss(logits.float(), y.to(device), labelled[index].to(device), miss_weights)
