@@ -109,7 +109,7 @@ def paste_lesions(images: torch.Tensor, masks: torch.Tensor, labelled: torch.Ten
     Why: the corpus holds 20 patients, and a network can learn a lesion together with the lung around it; a
     pasted lesion sits over another patient's lung, or a CT without COVID-19's. Only where the recipient's lungs
     and infection and the donor's infection are all labelled (POPI has no lung mask). The pasted region is the
-    donor's infection inside the recipient's lungs; its edge is blended over 3 pixels so that no seam marks it.
+    donor's infection inside the recipient's lungs; a 3×3 mean softens its edge so that no seam marks it.
     """
     n = images.shape[0]
     chosen = torch.rand(n, generator=generator) < probability
