@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..slices import MASK_OUTPUTS
+
 
 @dataclass(frozen=True)
 class AugmentConfig:
@@ -40,8 +42,8 @@ class AugmentConfig:
     copy_paste_probability: float = 0.0
 
 
-#: channel order of the masks (CovidSegLib.slices.MASK_OUTPUTS)
-LUNGS, INFECTION = 0, 1
+#: the masks' channels, in the order training stacks them
+LUNGS, INFECTION = MASK_OUTPUTS.index("lungs"), MASK_OUTPUTS.index("infection")
 
 
 def augment(images: torch.Tensor, masks: torch.Tensor, config: AugmentConfig, generator: torch.Generator,
@@ -118,9 +120,8 @@ def paste_lesions(images: torch.Tensor, masks: torch.Tensor, labelled: torch.Ten
     usable = chosen & labelled[:, LUNGS].bool() & labelled[:, INFECTION].bool() & labelled[donors, INFECTION].bool()
     if not usable.any():
         return images, masks
-    donor_images = torch.where(mirrored, images[donors].flip(-1), images[donors])
-    donor_lesions = masks[donors, INFECTION:INFECTION + 1]
-    donor_lesions = torch.where(mirrored, donor_lesions.flip(-1), donor_lesions)
+    donors_seen = torch.cat([images, masks[:, INFECTION:INFECTION + 1]], dim=1)[donors]
+    donor_images, donor_lesions = torch.where(mirrored, donors_seen.flip(-1), donors_seen).split(1, dim=1)
     lungs = masks[:, LUNGS:LUNGS + 1]
     region = donor_lesions * lungs * usable.view(n, 1, 1, 1).to(masks.dtype)
     alpha = F.avg_pool2d(region, 3, stride=1, padding=1) * lungs

@@ -19,13 +19,14 @@ import numpy as np
 from ..inference import _logit
 from ..model import ModelCard, build_network, load_model, save_model
 from ..representation import AIR_TO_METAL, RADIOPAEDIA_CLIP, Preprocessing
+from ..slices import MASK_OUTPUTS
 from ..writing import write_text
 from .augment import AugmentConfig, augment
 from .data import SliceSet
 from .slices import resize_slices
 from .sources import training_sets
 
-OUTPUTS = ("lungs", "infection")
+OUTPUTS = MASK_OUTPUTS  # the network's outputs are the masks' channels, in this order (augment relies on it)
 
 
 def healthy_folders(entries) -> list[tuple[str, str | None]]:
