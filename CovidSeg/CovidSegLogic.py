@@ -16,7 +16,7 @@ from vtk.util import numpy_support
 import slicer
 
 from CovidSegLib.labels import LABELS, LabelInfo, segments_for, slicer_terminology_string
-from CovidSegLib.volume import Geometry, Volume
+from CovidSegLib.io.volume import Geometry, Volume
 
 try:  # in the Slicer application
     from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
@@ -101,7 +101,7 @@ class CovidSegLogic(ScriptedLoadableModuleLogic):
 
     # ---- segment -----------------------------------------------------------------------------------------
     def model(self, model_path: str | None = None):
-        from CovidSegLib.model import load_model
+        from CovidSegLib.engine.model import load_model
 
         key = model_path or None
         if self._model is None or self._model_path != key:
@@ -119,8 +119,8 @@ class CovidSegLogic(ScriptedLoadableModuleLogic):
         raises Cancelled and leaves ``segmentation_node`` as it was. What is only unusual about the input (its
         geometry, no lung found) is kept in the node's ``CovidSeg.Warnings`` attribute, see :meth:`warnings`.
         """
-        from CovidSegLib.inference import no_lung_note
-        from CovidSegLib.plausibility import geometry_warnings
+        from CovidSegLib.engine.inference import no_lung_note
+        from CovidSegLib.checks.plausibility import geometry_warnings
 
         volume = volume_from_node(volume_node)
         result = self.compute(volume, device, model_path, intensity, progress, separate_infection)
@@ -139,8 +139,8 @@ class CovidSegLogic(ScriptedLoadableModuleLogic):
         """The engine's result for ``volume`` (labels and the segments they need, ``label_infos``): the slow part
         of :meth:`segment`, which touches no MRML node, so a user interface can run it off its main thread and
         import the result there with :meth:`labels_to_segmentation`."""
-        from CovidSegLib.inference import segment_volume
-        from CovidSegLib.intensity import prepare_ct
+        from CovidSegLib.engine.inference import segment_volume
+        from CovidSegLib.checks.intensity import prepare_ct
 
         volume = prepare_ct(volume, intensity)
         return segment_volume(volume, self.model(model_path), device=device, progress=progress,
@@ -239,7 +239,7 @@ class CovidSegLogic(ScriptedLoadableModuleLogic):
     def default_mapping(segmentation_node) -> dict[int, list[str]]:
         """Segments matched to CovidSeg labels by name ("left lung", "Right lung", "infection", ...), the way
         ``covidseg evaluate`` matches the segments of a ``.seg.nrrd``."""
-        from CovidSegLib.evaluation import label_named
+        from CovidSegLib.measure.evaluation import label_named
 
         segmentation = segmentation_node.GetSegmentation()
         mapping: dict[int, list[str]] = {}
@@ -254,7 +254,7 @@ class CovidSegLogic(ScriptedLoadableModuleLogic):
     def compare(self, segmentation_node, reference_node, volume_node,
                 reference_mapping: Mapping[int, Sequence[str]] | None = None, table_node=None):
         """Dice, NSD, HD95 and volumes per structure into a table node (CovidSegLib's metrics)."""
-        from CovidSegLib.evaluation import compare_masks
+        from CovidSegLib.measure.evaluation import compare_masks
 
         reference_mapping = reference_mapping or self.default_mapping(reference_node)
         if not reference_mapping:
@@ -273,7 +273,7 @@ class CovidSegLogic(ScriptedLoadableModuleLogic):
     def quantify(self, segmentation_node, volume_node, table_node=None):
         """Lung and infection volumes (and of ground-glass opacity and consolidation, when the segments tell
         them apart), % involved per lung, mean HU and the severity estimate into a table."""
-        from CovidSegLib.quantification import quantify
+        from CovidSegLib.measure.quantification import quantify
 
         labels = self.label_map(segmentation_node, volume_node)
         hu = np.asarray(slicer.util.arrayFromVolume(volume_node))

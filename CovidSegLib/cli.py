@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import math
 import sys
 from pathlib import Path
 from typing import Callable, Iterator, Sequence, TextIO
 
+from .checks.intensity import hu_range
 from .errors import Cancelled, CovidSegError, InputError, ModelError, OutputError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INPUT, EXIT_OUTPUT, EXIT_MODEL, EXIT_CANCELLED = 0, 1, 2, 3, 4, 5, 6
@@ -57,15 +59,6 @@ def progress_display(description: str, quiet: bool = False, stream: TextIO | Non
     yield log_line
 
 
-def hu_range(text: str) -> tuple[float, float]:
-    """argparse type of a ``LOW,HIGH`` range in HU (a window, a clip), LOW below HIGH."""
-    try:
-        low, high = (float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be LOW,HIGH in HU, got {text!r}") from None
-    if not low < high:
-        raise argparse.ArgumentTypeError(f"LOW must be below HIGH, got {text!r}")
-    return low, high
 
 
 def add_intensity_options(parser: argparse.ArgumentParser) -> None:
@@ -80,10 +73,10 @@ def add_intensity_options(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .intensity import intensity_stats, prepare_ct
-    from .orientation import plan_reorientation
-    from .plausibility import geometry_warnings
-    from .reading import read_volume
+    from .checks.intensity import intensity_stats, prepare_ct
+    from .io.orientation import plan_reorientation
+    from .checks.plausibility import geometry_warnings
+    from .io.reading import read_volume
 
     volume = prepare_ct(read_volume(args.ct, args.series), args.intensity, args.window)
     geometry = volume.geometry
@@ -108,8 +101,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate_case, pair_folders, parse_mapping, parse_tolerances
-    from .evaluation_output import format_table, write_results
+    from .measure.evaluation import evaluate_case, pair_folders, parse_mapping, parse_tolerances
+    from .measure.evaluation_output import format_table, write_results
 
     prediction, reference = Path(args.prediction), Path(args.reference)
     try:
@@ -121,7 +114,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     notes: list[str] = []
     if prediction.is_dir() and reference.is_dir():
-        from .slice_evaluation import is_slice_folder
+        from .slices.evaluation import is_slice_folder
 
         if is_slice_folder(reference) and is_slice_folder(prediction):
             return evaluate_slices(prediction, reference, Path(args.out_dir))
@@ -148,7 +141,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def evaluate_slices(prediction: Path, reference: Path, out_dir: Path) -> int:
     """Slice folders (2D masks, no spacing): per-slice and pooled Dice instead of the volume metrics."""
-    from .slice_evaluation import evaluate_slice_folders, format_slice_table, write_slice_results
+    from .slices.evaluation import evaluate_slice_folders, format_slice_table, write_slice_results
 
     evaluation = evaluate_slice_folders(prediction, reference)
     print(format_slice_table(evaluation))
@@ -160,10 +153,10 @@ def evaluate_slices(prediction: Path, reference: Path, out_dir: Path) -> int:
 
 
 def cmd_predict_slices(args: argparse.Namespace) -> int:
-    from .inference import SliceSegmenter, select_device
-    from .model import load_model
-    from .slices import predict_slice_images, read_slices, write_slice_masks
-    from .writing import check_not_protected
+    from .engine.inference import SliceSegmenter, select_device
+    from .engine.model import load_model
+    from .slices.dataset import predict_slice_images, read_slices, write_slice_masks
+    from .io.writing import check_not_protected
 
     source, out = Path(args.images), Path(args.output)
     check_not_protected(out, [source])  # before any work: masks never go inside the dataset they come from
@@ -178,9 +171,10 @@ def cmd_predict_slices(args: argparse.Namespace) -> int:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    from .evaluation import case_id
-    from .model import load_model
-    from .pipeline import SegmentOptions, find_cases, is_dicom_folder, output_path_for, segment_file
+    from .io.cases import case_id
+    from .engine.model import load_model
+    from .engine.pipeline import SegmentOptions, output_path_for, segment_file
+    from .io.cases import find_cases, is_dicom_folder
 
     source, out = Path(args.ct), Path(args.output)
     if not source.exists():
@@ -206,7 +200,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
                 print(f"covidseg: error: {error}", file=sys.stderr)
                 continue
         if args.report:
-            from .report import false_infection_floor, write_report
+            from .measure.report import false_infection_floor, write_report
 
             report_dir = output.parent / f"{case_id(output)}_report"
             write_report(result.volume, result.labels, report_dir, case_id(output),
@@ -228,13 +222,13 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .evaluation import case_id
-    from .intensity import prepare_ct
-    from .model import BUNDLED_CARD, read_card
-    from .pipeline import find_cases, is_dicom_folder
-    from .reading import read_volume
-    from .report import csv_row, csv_text, false_infection_floor, labels_for_ct, write_report
-    from .writing import LABEL_SUFFIXES, write_text
+    from .io.cases import case_id
+    from .checks.intensity import prepare_ct
+    from .engine.model import BUNDLED_CARD, read_card
+    from .io.cases import find_cases, is_dicom_folder
+    from .io.reading import read_volume
+    from .measure.report import csv_row, csv_text, false_infection_floor, labels_for_ct, write_report
+    from .io.writing import LABEL_SUFFIXES, write_text
 
     ct_path, labels_path, out = Path(args.ct), Path(args.labels), Path(args.output)
     card = read_card(args.model or BUNDLED_CARD)
@@ -279,10 +273,25 @@ def cmd_view(argv: list[str]) -> int:
     return view_main(argv)
 
 
+def version_text() -> str:
+    """``covidseg --version``: the software's version and the bundled model it runs by default, so a result can be
+    traced to both (a bug report, a methods section). Reads the card's JSON only; no torch."""
+    from . import __version__
+    from .engine.model import BUNDLED_CARD
+
+    try:
+        card = json.loads(BUNDLED_CARD.read_text(encoding="utf-8"))
+        model = f"bundled model {card['name']} (weights sha256 {card['weights_sha256'][:12]})"
+    except (OSError, ValueError, KeyError):
+        model = f"bundled model missing at {BUNDLED_CARD}"
+    return f"covidseg {__version__}, {model}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="covidseg", description="Segment lungs and COVID-19 infection in chest CT, measure and compare."
     )
+    parser.add_argument("--version", action="version", version=version_text())
     commands = parser.add_subparsers(dest="command", required=True)
 
     info = commands.add_parser("info", help="read a CT, check it is a 3D CT in HU, print its geometry")

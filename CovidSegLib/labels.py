@@ -2,7 +2,7 @@
 
 One definition serves the label maps we write, the Slicer segments we create and the metrics we report, so
 a label can never mean one thing in a file and another in a table. Left and right are patient left and right,
-decided from patient coordinates (see :func:`CovidSegLib.lateral.split_left_right`), never from array index.
+decided from patient coordinates (see :func:`CovidSegLib.engine.lateral.split_left_right`), never from array index.
 
 Terminology follows DICOM / Slicer: a (coding scheme, code value, code meaning) triplet for category, type and
 anatomic modifier, SNOMED CT (``SCT``) where it has the concept and DICOM (``DCM``) otherwise.
@@ -55,7 +55,7 @@ LEFT = Code("SCT", "7771000", "Left")
 RIGHT = Code("SCT", "24028007", "Right")
 
 #: The lungs (1-2), infection as one label (3), and its two classes (4-5) that the engine writes when the model
-#: card has a density rule for them (CovidSegLib.density).
+#: card has a density rule for them (CovidSegLib.engine.density).
 LABELS: tuple[LabelInfo, ...] = (
     LabelInfo(LEFT_LUNG, "left_lung", "Left lung", (0.33, 0.60, 0.86), ANATOMICAL_STRUCTURE, LUNG, LEFT),
     LabelInfo(RIGHT_LUNG, "right_lung", "Right lung", (0.30, 0.74, 0.46), ANATOMICAL_STRUCTURE, LUNG, RIGHT),

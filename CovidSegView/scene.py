@@ -17,7 +17,7 @@ import vtk
 
 import slicer
 
-from CovidSegLib.volume import Volume
+from CovidSegLib.io.volume import Volume
 
 ProgressCallback = Callable[[float], Optional[bool]]
 
@@ -100,8 +100,8 @@ class CaseScene:
     def open_ct(self, path: str | Path) -> Volume:
         """Read a CT file or DICOM folder with CovidSegLib (same checks and messages as ``covidseg``) and show it;
         a previous case's nodes are removed."""
-        from CovidSegLib.intensity import prepare_ct
-        from CovidSegLib.reading import read_volume
+        from CovidSegLib.checks.intensity import prepare_ct
+        from CovidSegLib.io.reading import read_volume
 
         path = Path(path).expanduser()
         volume = prepare_ct(read_volume(path))
@@ -172,7 +172,7 @@ class CaseScene:
     def open_reference(self, path: str | Path):
         """A reference segmentation, any label file ``covidseg evaluate`` reads (``.seg.nrrd`` segments by name,
         label maps in CovidSeg values), on the CT's grid as named segments; kept out of the views."""
-        from CovidSegLib.report import labels_for_ct
+        from CovidSegLib.measure.report import labels_for_ct
 
         labels = labels_for_ct(Path(path).expanduser(), self.require_ct())
         if self.reference_node is None:
@@ -197,9 +197,9 @@ class CaseScene:
     def save(self, out_dir: str | Path) -> dict[str, Path]:
         """``CASE.seg.nrrd`` and ``CASE_report/`` (as ``covidseg segment --report`` names and writes them, with
         the model's false-infection note) into ``out_dir``; CovidSegLib's writers refuse to write over the CT."""
-        from CovidSegLib.evaluation import case_id
-        from CovidSegLib.report import false_infection_floor, write_report
-        from CovidSegLib.writing import write_label_map
+        from CovidSegLib.io.cases import case_id
+        from CovidSegLib.measure.report import false_infection_floor, write_report
+        from CovidSegLib.io.writing import write_label_map
 
         ct, labels = self.require_ct(), self.labels()
         out_dir, case = Path(out_dir).expanduser(), case_id(self.ct_path)

@@ -23,7 +23,7 @@ import pytest
 import SimpleITK as sitk
 
 from CovidSegLib.cli import EXIT_INPUT, EXIT_OUTPUT, main, progress_display
-from CovidSegLib.plausibility import MIN_LUNG_ML
+from CovidSegLib.checks.plausibility import MIN_LUNG_ML
 
 from conftest import PROJECT_ROOT
 

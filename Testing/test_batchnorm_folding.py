@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from CovidSegLib.batchnorm_folding import fold_batch_norms
-from CovidSegLib.inference import SliceSegmenter, whole_slice_box
-from CovidSegLib.model import build_network, load_model
-from CovidSegLib.orientation import to_canonical
-from CovidSegLib.reading import read_volume
-from CovidSegLib.representation import network_input, represent
+from CovidSegLib.engine.batchnorm_folding import fold_batch_norms
+from CovidSegLib.engine.inference import SliceSegmenter, whole_slice_box
+from CovidSegLib.engine.model import build_network, load_model
+from CovidSegLib.io.orientation import to_canonical
+from CovidSegLib.io.reading import read_volume
+from CovidSegLib.engine.representation import network_input, represent
 
 
 @pytest.fixture(scope="module")

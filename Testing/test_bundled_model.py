@@ -12,8 +12,8 @@ import pytest
 
 pytest.importorskip("torch")
 
-from CovidSegLib.evaluation import evaluate_case, parse_mapping  # noqa: E402
-from CovidSegLib.model import BUNDLED_CARD, file_sha256, load_model  # noqa: E402
+from CovidSegLib.measure.evaluation import evaluate_case, parse_mapping  # noqa: E402
+from CovidSegLib.engine.model import BUNDLED_CARD, file_sha256, load_model  # noqa: E402
 
 from conftest import run_cli  # noqa: E402
 
@@ -95,9 +95,9 @@ def test_interpolated_slices_agree_with_inferring_every_slice(volumes: Path, mon
     against 0.897), the first one 0.958 (0.459 against 0.462)."""
     import numpy as np
 
-    import CovidSegLib.inference as inference
-    from CovidSegLib.intensity import prepare_ct
-    from CovidSegLib.reading import read_volume
+    import CovidSegLib.engine.inference as inference
+    from CovidSegLib.checks.intensity import prepare_ct
+    from CovidSegLib.io.reading import read_volume
 
     volume = prepare_ct(read_volume(volumes / "totalseg_example_ct_sm.nii.gz"))
     model = load_model()
@@ -127,7 +127,7 @@ def test_segment_separates_ground_glass_from_consolidation_unless_merged(slices:
     import SimpleITK as sitk
 
     from CovidSegLib.labels import CONSOLIDATION, GGO, INFECTION, SPLIT_OUTPUT_LABELS
-    from CovidSegLib.reading import read_segmentation
+    from CovidSegLib.io.reading import read_segmentation
 
     with np.load(slices / "hu_infection" / "coronacases_001_slice110.npz") as data:
         hu = np.rot90(data["image"])

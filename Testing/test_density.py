@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from CovidSegLib.density import (InfectionFloor, InfectionSplit, apply_infection_floor, smoothed_density,
+from CovidSegLib.engine.density import (InfectionFloor, InfectionSplit, apply_infection_floor, smoothed_density,
                                  split_infection)
 from CovidSegLib.errors import ModelError
 from CovidSegLib.labels import CONSOLIDATION, GGO, INFECTION, LEFT_LUNG
-from CovidSegLib.model import BUNDLED_CARD, ModelCard
+from CovidSegLib.engine.model import BUNDLED_CARD, ModelCard
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +75,8 @@ def test_a_card_with_an_unreadable_rule_is_refused() -> None:
 def test_rule_chosen_by_cross_validation_separates_medseg_classes(slices: Path) -> None:
     """The calibration's own steps on 20 real MedSeg slices inside the experts' infection: the nested choice
     scores both classes above what calling all of it GGO gives (consolidation 0, GGO below the split's)."""
-    from CovidSegLib.slice_evaluation import read_mask_image
-    from CovidSegLib.slices import read_slices
+    from CovidSegLib.slices.evaluation import read_mask_image
+    from CovidSegLib.slices.dataset import read_slices
     from CovidSegLib.training.infection_split import (class_dice, confusion, cross_validate,
                                                      read_multiclass)
 
@@ -117,8 +117,8 @@ def test_a_card_floor_is_read_checked_and_run_by_the_engine(infected_slice, tmp_
     the card names takes the faint infection away, and those voxels stay lung."""
     import SimpleITK as sitk
 
-    from CovidSegLib.model import load_model
-    from CovidSegLib.pipeline import SegmentOptions, segment_file
+    from CovidSegLib.engine.model import load_model
+    from CovidSegLib.engine.pipeline import SegmentOptions, segment_file
 
     document = json.loads(BUNDLED_CARD.read_text(encoding="utf-8"))
     for wrong in ({"smoothing_mm": 2.0}, {"min_hu": 200.0}, {"min_hu": -800.0, "smoothing_mm": -1.0}):

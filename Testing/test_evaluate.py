@@ -12,9 +12,9 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from CovidSegLib.evaluation import evaluate_case, parse_mapping
-from CovidSegLib.reading import image_from_array, read_segmentation
-from CovidSegLib.writing import write_label_map
+from CovidSegLib.measure.evaluation import evaluate_case, parse_mapping
+from CovidSegLib.io.reading import image_from_array, read_segmentation
+from CovidSegLib.io.writing import write_label_map
 
 from conftest import run_cli
 

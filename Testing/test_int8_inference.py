@@ -10,13 +10,13 @@ import pytest
 import slicerio
 import torch
 
-from CovidSegLib.inference import SliceSegmenter, whole_slice_box
-from CovidSegLib.int8_inference import (convolutions, int8_supported, layers_worth_int8, quantize_convolutions,
+from CovidSegLib.engine.inference import SliceSegmenter, whole_slice_box
+from CovidSegLib.engine.int8_inference import (convolutions, int8_supported, layers_worth_int8, quantize_convolutions,
                                         record_ranges)
-from CovidSegLib.model import load_model
-from CovidSegLib.orientation import to_canonical
-from CovidSegLib.reading import read_volume
-from CovidSegLib.slice_evaluation import dice_figures
+from CovidSegLib.engine.model import load_model
+from CovidSegLib.io.orientation import to_canonical
+from CovidSegLib.io.reading import read_volume
+from CovidSegLib.slices.evaluation import dice_figures
 
 from conftest import run_cli
 

@@ -9,9 +9,9 @@ import pytest
 import SimpleITK as sitk
 
 from CovidSegLib.errors import InputError
-from CovidSegLib.intensity import prepare_ct
-from CovidSegLib.reading import read_volume
-from CovidSegLib.volume import Geometry, Volume
+from CovidSegLib.checks.intensity import prepare_ct
+from CovidSegLib.io.reading import read_volume
+from CovidSegLib.io.volume import Geometry, Volume
 
 from conftest import run_cli, stack_slice
 

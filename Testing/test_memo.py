@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from CovidSegLib.density import InfectionFloor
-from CovidSegLib.model import load_model
+from CovidSegLib.engine.density import InfectionFloor
+from CovidSegLib.engine.model import load_model
 from CovidSegLib.training.memo import batch_key, memoised
 from CovidSegLib.training.report import healthy_volume_scores
 

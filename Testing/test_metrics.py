@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from CovidSegLib.metrics import rand_error, structure_metrics
-from CovidSegLib.reading import read_segmentation
+from CovidSegLib.measure.metrics import rand_error, structure_metrics
+from CovidSegLib.io.reading import read_segmentation
 
 
 def test_hand_computed_boxes() -> None:

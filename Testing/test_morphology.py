@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from CovidSegLib.morphology import dilate_in_plane, erode_in_plane, open_in_plane
-from CovidSegLib.preprocessing import BODY_HU
-from CovidSegLib.reading import read_segmentation, read_volume
+from CovidSegLib.engine.morphology import dilate_in_plane, erode_in_plane, open_in_plane
+from CovidSegLib.engine.preprocessing import BODY_HU
+from CovidSegLib.io.reading import read_segmentation, read_volume
 
 IN_PLANE_CROSS = np.array([[[0, 1, 0], [1, 1, 1], [0, 1, 0]]], dtype=bool)
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from CovidSegLib.orientation import from_canonical, to_canonical
-from CovidSegLib.reading import geometry_of, image_from_array, read_segmentation, read_volume
-from CovidSegLib.volume import Volume
-from CovidSegLib.writing import write_label_map
+from CovidSegLib.io.orientation import from_canonical, to_canonical
+from CovidSegLib.io.reading import geometry_of, image_from_array, read_segmentation, read_volume
+from CovidSegLib.io.volume import Volume
+from CovidSegLib.io.writing import write_label_map
 
 from conftest import VOLUMES
 

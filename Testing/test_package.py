@@ -1,17 +1,13 @@
-"""Package hygiene: Slicer-free library, cheap import, the console script and the label scheme."""
+"""Package hygiene: Slicer-free library, the console script and the label scheme (rooms: test_architecture)."""
 
 from __future__ import annotations
 
 import ast
-import pkgutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-import CovidSegLib
 from CovidSegLib.labels import (LABELS, OUTPUT_LABELS, SPLIT_OUTPUT_LABELS, label_by_name, labels_of,
                                present_values, slicer_terminology_string)
 
@@ -39,24 +35,24 @@ def test_library_imports_no_slicer_qt_or_vtk() -> None:
         assert not (_imported_modules(path) & FORBIDDEN), f"{path.name} imports {_imported_modules(path) & FORBIDDEN}"
 
 
-def test_importing_every_module_does_not_import_torch() -> None:
-    modules = [f"CovidSegLib.{m.name}" for m in pkgutil.iter_modules(CovidSegLib.__path__) if m.name != "__main__"]
-    code = (
-        "import sys, importlib\n"
-        f"for name in {modules!r}: importlib.import_module(name)\n"
-        "heavy = [m for m in ('torch', 'torchvision', 'segmentation_models_pytorch', 'slicer', 'vtk')\n"
-        "         if m in sys.modules]\n"
-        "print(','.join(heavy))\n"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, encoding="utf-8", check=True)
-    assert result.stdout.strip() == "", f"imported at package import: {result.stdout.strip()}"
-
-
 def test_console_script_help_and_usage_errors() -> None:
     assert run_cli("--help").returncode == 0
     evaluate_help = run_cli("evaluate", "--help")
     assert evaluate_help.returncode == 0 and "--ref-map" in evaluate_help.stdout
     assert run_cli("no-such-command").returncode == 2
+
+
+def test_version_names_the_software_and_the_bundled_model() -> None:
+    import json
+
+    import CovidSegLib
+    from CovidSegLib.engine.model import BUNDLED_CARD
+
+    result = run_cli("--version")
+    card = json.loads(BUNDLED_CARD.read_text(encoding="utf-8"))
+    assert result.returncode == 0
+    assert result.stdout.strip() == (f"covidseg {CovidSegLib.__version__}, bundled model {card['name']} "
+                                     f"(weights sha256 {card['weights_sha256'][:12]})")
 
 
 def test_label_scheme_is_consistent() -> None:

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from CovidSegLib.labels import INFECTION, LEFT_LUNG, RIGHT_LUNG
-from CovidSegLib.orientation import to_canonical
-from CovidSegLib.lateral import bounding_box
-from CovidSegLib.postprocess import keep_lung_components, postprocess
-from CovidSegLib.preprocessing import BodySample
-from CovidSegLib.reading import read_segmentation, read_volume
-from CovidSegLib.volume import Volume
+from CovidSegLib.io.orientation import to_canonical
+from CovidSegLib.engine.lateral import bounding_box
+from CovidSegLib.engine.postprocess import keep_lung_components, postprocess
+from CovidSegLib.engine.preprocessing import BodySample
+from CovidSegLib.io.reading import read_segmentation, read_volume
+from CovidSegLib.io.volume import Volume
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +92,7 @@ def test_fill_holes_2d_is_scipy_fill_holes_on_every_real_slice(canonical_case) -
     8-connectivity and border from hole."""
     from scipy import ndimage
 
-    from CovidSegLib.preprocessing import fill_holes_2d
+    from CovidSegLib.engine.preprocessing import fill_holes_2d
 
     ct, layer = canonical_case
     masks = [*(ct.array > -500), *np.isin(layer, (5, 6))]  # every slice's body and lungs
@@ -117,7 +117,7 @@ def test_fill_holes_2d_is_scipy_fill_holes_on_every_real_slice(canonical_case) -
 def test_decision_cells_are_set_where_any_of_their_voxels_is(canonical_case) -> None:
     """The pooled grid postprocess decides on: every cell is the OR of its voxels, edge cells included when the
     size does not divide (checked against a direct loop over cells on the real lungs, cut to odd sizes)."""
-    from CovidSegLib.postprocess import _max_pool_in_plane
+    from CovidSegLib.engine.postprocess import _max_pool_in_plane
 
     _, layer = canonical_case
     lungs = np.isin(layer, (5, 6))[:, 3:-2, 1:]  # rows and columns no factor below divides

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from CovidSegLib.lateral import lps_left_coordinate
-from CovidSegLib.quantification import quantify, severity_category
-from CovidSegLib.reading import read_segmentation, read_volume
+from CovidSegLib.engine.lateral import lps_left_coordinate
+from CovidSegLib.measure.quantification import quantify, severity_category
+from CovidSegLib.io.reading import read_segmentation, read_volume
 
 
 @pytest.mark.parametrize("percent, category", [

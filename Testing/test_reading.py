@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 
 from CovidSegLib.errors import InputError
-from CovidSegLib.reading import read_segmentation, read_volume
+from CovidSegLib.io.reading import read_segmentation, read_volume
 
 
 @pytest.mark.parametrize(

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from CovidSegLib.intensity import prepare_ct
-from CovidSegLib.lateral import lps_left_coordinate
-from CovidSegLib.reading import read_segmentation, read_volume
-from CovidSegLib.report import labels_for_ct, write_report
-from CovidSegLib.writing import write_label_map
+from CovidSegLib.checks.intensity import prepare_ct
+from CovidSegLib.engine.lateral import lps_left_coordinate
+from CovidSegLib.io.reading import read_segmentation, read_volume
+from CovidSegLib.measure.report import labels_for_ct, write_report
+from CovidSegLib.io.writing import write_label_map
 
 from conftest import run_cli
 
@@ -158,7 +158,7 @@ def test_ggo_and_consolidation_in_a_label_file_reach_the_report(volumes: Path, t
 def test_pictures_cut_through_the_disease(reported) -> None:
     """The mosaic holds the slice with the most infection; sagittal and coronal panels go through each lung,
     the left one through its lesion (a midline sagittal shows almost no lung)."""
-    from CovidSegLib.orientation import plan_reorientation
+    from CovidSegLib.io.orientation import plan_reorientation
 
     out, labels, ct = reported
     planes = json.loads((out / "report.json").read_text(encoding="utf-8"))["picture_planes"]
@@ -180,7 +180,7 @@ def test_pictures_cut_through_the_disease(reported) -> None:
 
 
 def test_the_floor_comes_from_held_out_ct_only() -> None:
-    from CovidSegLib.report import false_infection_floor
+    from CovidSegLib.measure.report import false_infection_floor
 
     scores = {"ct_without_covid": {"held": {"in_training_data": False, "false_infection_ml": 12.0},
                                    "seen": {"in_training_data": True, "false_infection_ml": 0.0},
@@ -196,8 +196,8 @@ def test_the_floor_comes_from_held_out_ct_only() -> None:
 
 
 def test_infection_below_the_models_false_infection_floor_is_flagged(volumes: Path, tmp_path: Path) -> None:
-    import CovidSegLib.model as model_module
-    from CovidSegLib.report import false_infection_floor
+    import CovidSegLib.engine.model as model_module
+    from CovidSegLib.measure.report import false_infection_floor
 
     card = model_module.read_card(model_module.BUNDLED_CARD)
     measured = [v["false_infection_ml"] for v in card.scores["ct_without_covid"].values()

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from CovidSegLib.errors import ModelError
-from CovidSegLib.model import ModelCard
-from CovidSegLib.representation import AIR_TO_METAL, RADIOPAEDIA_CLIP, Preprocessing, clahe_image, clahe_slices, \
-    represent
+from CovidSegLib.engine.model import ModelCard
+from CovidSegLib.engine.representation import (AIR_TO_METAL, RADIOPAEDIA_CLIP, Preprocessing, clahe_image,
+                                                clahe_slices, represent)
 
 HU_SLICES = ("coronacases_001_slice098", "coronacases_001_slice110", "coronacases_001_slice122")
 UNCLIPPED = Preprocessing(mode="clahe", crop="none", clip_hu=None)
@@ -26,7 +26,7 @@ def _hu_slice(slices: Path, name: str) -> dict[str, np.ndarray]:
 
 def _probe_model(preprocessing: Preprocessing):
     """An untrained small network behind a card with ``preprocessing``: what the engine feeds it is the test."""
-    from CovidSegLib.model import LoadedModel, build_network
+    from CovidSegLib.engine.model import LoadedModel, build_network
 
     card = ModelCard(name="probe", architecture="Unet", encoder="resnet18", encoder_depth=5,
                      decoder_channels=(16, 16, 16, 16, 16), in_channels=1, input_size=256,
@@ -70,7 +70,7 @@ def test_the_engine_feeds_whole_slices_in_the_corpus_representation(slices: Path
     """A volume of the three HU slices goes through the engine's own preparation: each slice becomes exactly its
     corpus image (whole slice, CLAHE at 256x256), before the resize to the network's input size."""
     torch = pytest.importorskip("torch")
-    from CovidSegLib.inference import SliceSegmenter, whole_slice_box
+    from CovidSegLib.engine.inference import SliceSegmenter, whole_slice_box
 
     segmenter = SliceSegmenter(_probe_model(UNCLIPPED), torch.device("cpu"))
     hu = np.stack([np.rot90(_hu_slice(slices, name)["image"]) for name in HU_SLICES])
@@ -84,7 +84,7 @@ def test_the_engine_feeds_whole_slices_in_the_corpus_representation(slices: Path
 
 def test_training_sees_the_tensor_inference_sees(slices: Path) -> None:
     pytest.importorskip("torch")
-    from CovidSegLib.representation import network_input
+    from CovidSegLib.engine.representation import network_input
     from CovidSegLib.training.data import load_npz_slices
     from CovidSegLib.training.slices import resize_slices
 
@@ -114,7 +114,7 @@ def test_a_study_can_feed_the_engine_another_hu_clip(slices: Path) -> None:
     """``with_clip_hu`` (crossval_report --clip-hu) changes only the clip the engine applies before the corpus
     transform: the radiopaedia clip gives the image that clip makes; window-mode cards and bad clips are refused."""
     torch = pytest.importorskip("torch")
-    from CovidSegLib.inference import SliceSegmenter, whole_slice_box
+    from CovidSegLib.engine.inference import SliceSegmenter, whole_slice_box
 
     model = _probe_model(CLIPPED)
     studied = model.with_clip_hu(RADIOPAEDIA_CLIP)

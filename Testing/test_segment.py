@@ -18,12 +18,12 @@ import slicerio
 torch = pytest.importorskip("torch")
 
 from CovidSegLib.errors import Cancelled, CovidSegError, ModelError  # noqa: E402
-from CovidSegLib.inference import (SliceSegmenter, inference_step, plan_interpolation, segment_volume,  # noqa: E402
+from CovidSegLib.engine.inference import (SliceSegmenter, inference_step, plan_interpolation, segment_volume,  # noqa: E402
                                    select_device)
-from CovidSegLib.intensity import prepare_ct  # noqa: E402
-from CovidSegLib.model import build_network, load_model, save_model  # noqa: E402
-from CovidSegLib.pipeline import SegmentOptions, segment_file  # noqa: E402
-from CovidSegLib.reading import read_volume  # noqa: E402
+from CovidSegLib.checks.intensity import prepare_ct  # noqa: E402
+from CovidSegLib.engine.model import build_network, load_model, save_model  # noqa: E402
+from CovidSegLib.engine.pipeline import SegmentOptions, segment_file  # noqa: E402
+from CovidSegLib.io.reading import read_volume  # noqa: E402
 from CovidSegLib.training.train import TrainConfig, make_card  # noqa: E402
 
 from conftest import run_cli  # noqa: E402

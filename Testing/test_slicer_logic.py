@@ -17,9 +17,9 @@ sys.path.insert(0, str(PROJECT_ROOT / "CovidSeg"))
 from CovidSegLogic import CovidSegLogic, geometry_from_volume_node  # noqa: E402
 
 from CovidSegLib.errors import Cancelled, InputError  # noqa: E402
-from CovidSegLib.evaluation import evaluate_case  # noqa: E402
+from CovidSegLib.measure.evaluation import evaluate_case  # noqa: E402
 from CovidSegLib.labels import OUTPUT_LABELS, SPLIT_OUTPUT_LABELS, slicer_terminology_string  # noqa: E402
-from CovidSegLib.reading import read_volume  # noqa: E402
+from CovidSegLib.io.reading import read_volume  # noqa: E402
 
 
 def load_volume(scene, path: Path):
@@ -52,7 +52,7 @@ def test_geometry_of_a_slicer_volume_node_matches_covidseglib(scene, volumes: Pa
 @pytest.fixture(scope="module")
 def logic_model() -> str:
     """The bundled default model: Logic tests check real results, not only mechanics."""
-    from CovidSegLib.model import BUNDLED_CARD
+    from CovidSegLib.engine.model import BUNDLED_CARD
 
     return str(BUNDLED_CARD)
 
@@ -94,7 +94,7 @@ def test_lungs_are_found_where_the_reference_has_them(scene, volumes: Path, logi
     assert dice["lungs"] > 0.9 and dice["left_lung"] > 0.85 and dice["right_lung"] > 0.85, dice
 
     # Compare's Dice equals `covidseg evaluate` on the same data
-    from CovidSegLib.writing import write_label_map
+    from CovidSegLib.io.writing import write_label_map
 
     masks = logic.masks_by_label(segmentation_node, logic.default_mapping(segmentation_node), volume)
     labels = np.zeros(next(iter(masks.values())).shape, np.uint8)

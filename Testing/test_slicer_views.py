@@ -47,7 +47,7 @@ def rendered(volumes: Path, tmp_path_factory):
     most infection; the four views' pixels, the label map and the scene."""
     from trame_slicer.core import SlicerApp
 
-    from CovidSegLib.model import BUNDLED_CARD
+    from CovidSegLib.engine.model import BUNDLED_CARD
     from CovidSegView.scene import CaseScene
 
     app = SlicerApp()

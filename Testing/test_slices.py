@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 from CovidSegLib.errors import InputError
-from CovidSegLib.postprocess import postprocess_slice
-from CovidSegLib.slice_evaluation import dice_figures, evaluate_slice_folders
-from CovidSegLib.slices import read_slice
+from CovidSegLib.engine.postprocess import postprocess_slice
+from CovidSegLib.slices.evaluation import dice_figures, evaluate_slice_folders
+from CovidSegLib.slices.dataset import read_slice
 
 from conftest import run_cli
 

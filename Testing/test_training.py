@@ -12,10 +12,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from CovidSegLib.inference import segment_volume  # noqa: E402
-from CovidSegLib.intensity import prepare_ct  # noqa: E402
-from CovidSegLib.model import load_model  # noqa: E402
-from CovidSegLib.reading import read_volume  # noqa: E402
+from CovidSegLib.engine.inference import segment_volume  # noqa: E402
+from CovidSegLib.checks.intensity import prepare_ct  # noqa: E402
+from CovidSegLib.engine.model import load_model  # noqa: E402
+from CovidSegLib.io.reading import read_volume  # noqa: E402
 from CovidSegLib.training.data import continuity_groups, load_medseg, load_npz_slices, read_split  # noqa: E402
 from CovidSegLib.training.export import export_checkpoint  # noqa: E402
 from CovidSegLib.training.train import TrainConfig, cpu_has_native_bf16, masked_loss, train  # noqa: E402
@@ -170,11 +170,13 @@ def test_continuity_groups_cut_at_patient_changes(slices: Path) -> None:
 
 
 def test_recorded_training_configurations_are_valid() -> None:
-    """Resources/training/ holds the k-fold recipes (and the encoder and schedule studies), the bundled model's
-    recipe (the one k-fold chose, trained on every patient group) and the leave-one-source-out siblings'. A second
-    stage starts from its first stage's export and trains on the same data at a lower learning rate."""
+    """Resources/training/ holds the bundled model's recipe (the one k-fold chose, trained on every patient
+    group); studies/ beside it the k-fold recipes, the encoder and schedule studies and the leave-one-source-out
+    siblings'. A second stage starts from its first stage's export and trains on the same data at a lower
+    learning rate."""
     folder = Path(__file__).resolve().parents[1] / "Resources" / "training"
-    configs = {p.stem: TrainConfig.from_file(p) for p in folder.glob("*.json")}
+    configs = {p.stem: TrainConfig.from_file(p) for p in [*folder.glob("*.json"), *folder.glob("studies/*.json")]}
+    assert [p.name for p in folder.glob("*.json")] == ["bundled.json"]
     assert set(configs) == {"bundled", "corpus-only", "corpus-only-continued", "medseg-only",
                             "kfold-with-medseg", "kfold-with-medseg-continued", "kfold-corpus-only",
                             "kfold-corpus-only-continued", "kfold-corpus-only-r34", "kfold-corpus-only-48",

@@ -19,9 +19,9 @@ import SimpleITK as sitk
 
 torch = pytest.importorskip("torch")
 
-from CovidSegLib.evaluation import mapped_masks, parse_mapping  # noqa: E402
-from CovidSegLib.model import load_model  # noqa: E402
-from CovidSegLib.reading import read_segmentation  # noqa: E402
+from CovidSegLib.measure.evaluation import mapped_masks, parse_mapping  # noqa: E402
+from CovidSegLib.engine.model import load_model  # noqa: E402
+from CovidSegLib.io.reading import read_segmentation  # noqa: E402
 from CovidSegLib.training import crossval_report  # noqa: E402
 from CovidSegLib.training.data import NO_PATIENT  # noqa: E402
 from CovidSegLib.training.sources import assign_folds, first_renderings, training_sets  # noqa: E402
@@ -69,7 +69,7 @@ def test_ct_without_covid_also_trains_as_thick_slices(pairs: Path, volumes: Path
     """With a thickness, each slice of a CT without COVID-19 comes once more as a thick reconstruction shows it:
     HU averaged over the slab (3 slices of 3 mm for 9 mm), lungs where the slab is mostly lung; validation keeps
     the thin slice only. A volume whose slices are already that thick gets no copy."""
-    from CovidSegLib.orientation import to_canonical
+    from CovidSegLib.io.orientation import to_canonical
     from CovidSegLib.training.data import represent_hu
     from CovidSegLib.training.volumes import _read_ct
 

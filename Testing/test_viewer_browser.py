@@ -255,11 +255,11 @@ def test_cancel_then_segment_shows_progress_and_the_segments(session: dict) -> N
 
 
 def test_page_numbers_are_the_librarys(session: dict, volumes: Path) -> None:
-    from CovidSegLib.evaluation import evaluate_case
-    from CovidSegLib.intensity import prepare_ct
-    from CovidSegLib.quantification import quantify
-    from CovidSegLib.reading import read_volume
-    from CovidSegLib.report import labels_for_ct
+    from CovidSegLib.measure.evaluation import evaluate_case
+    from CovidSegLib.checks.intensity import prepare_ct
+    from CovidSegLib.measure.quantification import quantify
+    from CovidSegLib.io.reading import read_volume
+    from CovidSegLib.measure.report import labels_for_ct
 
     saved = session["saved"] / "ctchest4.seg.nrrd"
     ct = prepare_ct(read_volume(volumes / "ctchest4.nrrd"))
@@ -273,8 +273,8 @@ def test_page_numbers_are_the_librarys(session: dict, volumes: Path) -> None:
     assert result.severity in session["severity"]
     report = json.loads((session["saved"] / "ctchest4_report" / "report.json").read_text(encoding="utf-8"))
     assert report["severity"] == result.severity
-    from CovidSegLib.model import BUNDLED_CARD, read_card
-    from CovidSegLib.report import false_infection_floor
+    from CovidSegLib.engine.model import BUNDLED_CARD, read_card
+    from CovidSegLib.measure.report import false_infection_floor
 
     card = read_card(BUNDLED_CARD)  # the saved report weighs the infection as covidseg segment --report does
     assert report["false_infection_floor_ml"] == pytest.approx(false_infection_floor(card.name, card.scores).ml)

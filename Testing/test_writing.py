@@ -11,9 +11,9 @@ import slicerio
 
 from CovidSegLib.errors import OutputError
 from CovidSegLib.labels import OUTPUT_LABELS, slicer_terminology_string
-from CovidSegLib.lateral import split_left_right
-from CovidSegLib.reading import read_segmentation, read_volume
-from CovidSegLib.writing import write_label_map
+from CovidSegLib.engine.lateral import split_left_right
+from CovidSegLib.io.reading import read_segmentation, read_volume
+from CovidSegLib.io.writing import write_label_map
 
 
 @pytest.fixture(scope="module")

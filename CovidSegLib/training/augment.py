@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..slices import MASK_OUTPUTS
+from ..slices.dataset import MASK_OUTPUTS
 
 
 @dataclass(frozen=True)

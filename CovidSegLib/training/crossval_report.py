@@ -27,7 +27,7 @@ probability threshold (a card has one, for lungs and infection alike):
   infection figure on COVID-19 CT that is not a fit.
 
 With ``--floors``, the last three (the figures in HU through the product path) are measured again under each
-infection density floor (:class:`CovidSegLib.density.InfectionFloor`, at ``--floor-smoothing`` mm and the
+infection density floor (:class:`CovidSegLib.engine.density.InfectionFloor`, at ``--floor-smoothing`` mm and the
 cards' own threshold): a floor is chosen on what it takes from the validation positives and negatives, never
 on the CTs kept out of training (``--held-out-ct`` among them). Every threshold and floor runs the product
 path anew, but the network's output for each CT is computed once and re-thresholded (:mod:`.memo`).
@@ -58,11 +58,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cli import hu_range
-from ..density import InfectionFloor
-from ..inference import SliceSegmenter, select_device
-from ..model import LoadedModel, load_model
-from ..writing import write_text
+from ..checks.intensity import hu_range
+from ..engine.density import InfectionFloor
+from ..engine.inference import SliceSegmenter, select_device
+from ..engine.model import LoadedModel, load_model
+from ..io.writing import write_text
 from .data import CORPUS_GROUP, SliceSet
 from .memo import memoised
 from .report import healthy_volume_scores, hu_slice_scores, named_entry, without_nan

@@ -1,6 +1,6 @@
 """Labelled slice datasets and the patient-level split.
 
-Every sample is an 8-bit image already in the model's representation (:mod:`CovidSegLib.representation`: the
+Every sample is an 8-bit image already in the model's representation (:mod:`CovidSegLib.engine.representation`: the
 corpus' CLAHE transform at 256x256), a lung mask and an infection mask on the same 256x256 grid, with a flag per
 target saying whether it is labelled (MedSeg has infection masks but no lung masks: its lung loss is switched
 off, not trained towards "no lung"). The corpus images are that representation as they are; every other source
@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..representation import CLAHE_SIZE, Preprocessing, represent
-from ..slice_evaluation import read_mask_image
-from ..slices import eight_bit_to_hu
+from ..engine.representation import CLAHE_SIZE, Preprocessing, represent
+from ..slices.evaluation import read_mask_image
+from ..slices.dataset import eight_bit_to_hu
 from .slices import resize_masks
 
 SPLIT_FILE = Path(__file__).resolve().parents[2] / "Resources" / "model" / "split.json"
@@ -68,7 +68,7 @@ def _read_gray(path: Path) -> np.ndarray:
 
 def square_masks(masks: np.ndarray, size: int = CLAHE_SIZE) -> np.ndarray:
     """Masks ``[n, rows, cols]`` on the representation's grid: padded at the bottom and right to a square, as
-    :func:`CovidSegLib.representation.clahe_image` pads the image, then resized to ``size``."""
+    :func:`CovidSegLib.engine.representation.clahe_image` pads the image, then resized to ``size``."""
     rows, cols = masks.shape[-2:]
     side = max(rows, cols)
     square = np.zeros(masks.shape[:-2] + (side, side), bool)

@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..model import build_network, save_model
+from ..engine.model import build_network, save_model
 from .train import TrainConfig, make_card
 
 

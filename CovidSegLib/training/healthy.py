@@ -11,7 +11,7 @@ repositories, into the folders ``healthy_volumes`` reads (outside the repository
   acil-bwh/ChestImagingPlatform ``Testing/Data/Input/ct-64.nrrd`` with ``wholeLung-64.nrrd`` (commit a87fba1b,
   2014; Chest Imaging Platform licence, research use, attribution kept). A COPD patient: emphysema is not
   infection, which makes it a hard negative. Its whole-lung mask is split into left and right here by
-  :func:`CovidSegLib.lateral.split_left_right`, the engine's own rule.
+  :func:`CovidSegLib.engine.lateral.split_left_right`, the engine's own rule.
 - ``popi``: one phase of a 2007 radiotherapy-planning 4D-CT (512x512x141, 0.98x0.98x2 mm; thoracic inlet to
   the liver dome), the DICOM series ``examples/data/00/`` of InsightSoftwareConsortium/ITKElastix at commit
   787db6d1 (removed there since); most likely the POPI-model (Leon Berard / CREATIS, research use with
@@ -37,10 +37,10 @@ def split_lung_mask(mask_path: Path, out_path: Path) -> None:
     """A whole-lung mask (non-zero = lung) as CovidSeg labels 1 left, 2 right, on the same grid."""
     import SimpleITK as sitk
 
-    from ..lateral import split_left_right
-    from ..orientation import to_canonical
-    from ..reading import read_volume
-    from ..writing import atomic_output
+    from ..engine.lateral import split_left_right
+    from ..io.orientation import to_canonical
+    from ..io.reading import read_volume
+    from ..io.writing import atomic_output
 
     canonical, plan = to_canonical(read_volume(mask_path))
     labels = plan.from_canonical(split_left_right(canonical.array > 0, canonical.geometry)).astype(np.uint8)

@@ -6,7 +6,7 @@ MedSeg's training slices are the only ones with experts' GGO and consolidation m
 crops without HU or spacing: they are read as ``covidseg predict-slices`` reads them (the 8-bit value mapped back
 to the card's window, the mapping training uses too) and their pixels are taken as ``MEDSEG_PIXEL_MM``.
 
-The rule (:class:`CovidSegLib.density.InfectionSplit`) is chosen from a grid by nested cross-validation: the
+The rule (:class:`CovidSegLib.engine.density.InfectionSplit`) is chosen from a grid by nested cross-validation: the
 slices, in their numbered order, make ``FOLDS`` blocks of consecutive slices (MedSeg keeps no patient ids;
 neighbouring numbers are often one patient, so blocks keep most patients on one side); the rule chosen on the
 other blocks is scored on each block, and the scores are pooled. That is the figure published. The rule written
@@ -26,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..density import InfectionSplit, smoothed_density
-from ..model import load_model, update_card
-from ..slice_evaluation import read_mask_image
-from ..slices import read_slices
+from ..engine.density import InfectionSplit, smoothed_density
+from ..engine.model import load_model, update_card
+from ..slices.evaluation import read_mask_image
+from ..slices.dataset import read_slices
 
 #: MedSeg's crops keep no spacing; its CTs are 512x512 chest scans, whose pixels are about this size.
 MEDSEG_PIXEL_MM = 0.7
@@ -99,8 +99,8 @@ def cross_validate(rules: list[InfectionSplit], counts: np.ndarray, folds: int =
 
 def measure(card_path: Path, medseg: Path) -> tuple[InfectionSplit, dict]:
     """The rule chosen on all of MedSeg, and the card entry describing how it measures."""
-    from ..inference import SliceSegmenter, select_device
-    from ..slices import predict_slices
+    from ..engine.inference import SliceSegmenter, select_device
+    from ..slices.dataset import predict_slices
 
     model = load_model(card_path)
     window = model.card.preprocessing.window

@@ -6,7 +6,7 @@ The ranges are taken on the model's own training data, read from the card's ``tr
 training groups (every ``--corpus-every``-th slice) and every healthy training volume whole (neck to pelvis, so
 slices above and below the lungs are covered), each in the model's representation. Held-out patients and the CTs
 kept out of training (Slicer's CTChest) are never used. The network is the one the engine runs: eval mode,
-BatchNorms folded. See :mod:`CovidSegLib.int8_inference` for how the ranges are used.
+BatchNorms folded. See :mod:`CovidSegLib.engine.int8_inference` for how the ranges are used.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from typing import Iterator
 
 import numpy as np
 
-from ..inference import inference_network, select_device
-from ..int8_inference import ACTIVATION_LEVELS, layers_worth_int8, record_ranges
-from ..model import LoadedModel, load_model, update_card
-from ..representation import network_input
+from ..engine.inference import inference_network, select_device
+from ..engine.int8_inference import ACTIVATION_LEVELS, layers_worth_int8, record_ranges
+from ..engine.model import LoadedModel, load_model, update_card
+from ..engine.representation import network_input
 from .data import load_slice_corpus, read_split, split_indices
 from .train import healthy_folders
 from .volumes import load_volume_slices
@@ -59,7 +59,7 @@ def calibrate(card_path: Path, corpus_every: int) -> dict:
               for name in layers_worth_int8(network, ranges, model.card.input_size)}
     return {"activation_levels": ACTIVATION_LEVELS, "calibrated_on": described,
             "layers": f"{len(chosen)} of {len(ranges)} convolutions: the 3x3 ones on maps of at most 1/8 of the "
-                      "input's side, where int8 is faster (CovidSegLib.int8_inference.worth_int8)",
+                      "input's side, where int8 is faster (CovidSegLib.engine.int8_inference.worth_int8)",
             "ranges": chosen}
 
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
-    from ..model import LoadedModel
+    from ..engine.model import LoadedModel
 
 
 class MemoisedNetwork(torch.nn.Module):
@@ -52,7 +52,7 @@ def memoised(model: "LoadedModel") -> "LoadedModel":
 
     The network is wrapped as the engine runs it on the CPU (BatchNorms folded, int8 where the card is calibrated
     for it), so every segmenter of the variants runs the same prepared network and shares its memory."""
-    from ..inference import inference_network
+    from ..engine.inference import inference_network
 
     network, precision = inference_network(model, torch.device("cpu"))
     wrapper = MemoisedNetwork(network)

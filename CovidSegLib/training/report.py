@@ -3,7 +3,7 @@
     python -m CovidSegLib.training.report CARD --corpus DIR [--medseg DIR] [--volumes DIR] [--hu-slices DIR]
         [--healthy PATH ...] [--healthy-trained PATH ...] [--without-source CARD]
 
-Every figure comes through the engine's own representation of the image (:mod:`CovidSegLib.representation`):
+Every figure comes through the engine's own representation of the image (:mod:`CovidSegLib.engine.representation`):
 
 - held-out patients of the slice corpus (the ``test`` groups of ``Resources/model/split.json``): the corpus
   images are the representation itself (made from HU by the transform the engine runs, bit for bit), fed as they
@@ -27,14 +27,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..evaluation import LabelMapping, evaluate_case, parse_mapping
-from ..inference import SliceSegmenter, select_device
+from ..measure.evaluation import LabelMapping, evaluate_case, parse_mapping
+from ..engine.inference import SliceSegmenter, select_device
 from ..labels import INFECTION
-from ..model import LoadedModel, ModelCard, load_model, update_card
-from ..pipeline import SegmentOptions, segment_file
-from ..plausibility import geometry_warnings
-from ..slice_evaluation import dice_figures
-from ..slices import predict_slices
+from ..engine.model import LoadedModel, ModelCard, load_model, update_card
+from ..engine.pipeline import SegmentOptions, segment_file
+from ..checks.plausibility import geometry_warnings
+from ..slices.evaluation import dice_figures
+from ..slices.dataset import predict_slices
 from .data import SliceSet, load_medseg, load_slice_corpus, read_split, split_indices
 
 #: How the HU slices are stacked into a volume for ``covidseg segment`` (their true spacing is not stored).
@@ -118,9 +118,9 @@ def segment_hu_slice(model: LoadedModel, hu: np.ndarray, work: Path, name: str =
     middle slice's masks."""
     import SimpleITK as sitk
 
-    from ..evaluation import default_mapping, mapped_masks
+    from ..measure.evaluation import default_mapping, mapped_masks
     from ..labels import INFECTION_VALUES, LEFT_LUNG, RIGHT_LUNG
-    from ..reading import read_segmentation
+    from ..io.reading import read_segmentation
 
     image = sitk.GetImageFromArray(np.repeat(hu[None], HU_SLICE_COPIES, axis=0).astype(np.int16))
     image.SetSpacing((HU_SLICE_PIXEL_MM, HU_SLICE_PIXEL_MM, 1.0))  # identity direction: LPS, display rows

@@ -1,7 +1,7 @@
 """Training inputs from slices in the model's representation, resized the way the engine resizes at inference.
 
 Images are 8-bit slices already in the representation (:mod:`CovidSegLib.training.data`); they go through
-:func:`CovidSegLib.representation.network_input`, the very function the engine calls, so a training input and
+:func:`CovidSegLib.engine.representation.network_input`, the very function the engine calls, so a training input and
 an inference input of the same slice are the same tensor.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..representation import network_input
+from ..engine.representation import network_input
 
 
 def resize_slices(images: np.ndarray, masks: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..inference import _logit
-from ..model import ModelCard, build_network, load_model, save_model
-from ..representation import AIR_TO_METAL, RADIOPAEDIA_CLIP, Preprocessing
-from ..slices import MASK_OUTPUTS
-from ..writing import write_text
+from ..engine.inference import _logit
+from ..engine.model import ModelCard, build_network, load_model, save_model
+from ..engine.representation import AIR_TO_METAL, RADIOPAEDIA_CLIP, Preprocessing
+from ..slices.dataset import MASK_OUTPUTS
+from ..io.writing import write_text
 from .augment import AugmentConfig, augment
 from .data import SliceSet
 from .slices import resize_slices

@@ -30,12 +30,12 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from ..evaluation import LabelMapping, align_to_grid, default_mapping, mapped_masks, parse_mapping
-from ..intensity import DEFAULT_WINDOW, prepare_ct
+from ..measure.evaluation import LabelMapping, align_to_grid, default_mapping, mapped_masks, parse_mapping
+from ..checks.intensity import DEFAULT_WINDOW, prepare_ct
 from ..labels import INFECTION_VALUES, LEFT_LUNG, RIGHT_LUNG
-from ..orientation import to_canonical
-from ..reading import read_segmentation, read_volume
-from ..representation import Preprocessing
+from ..io.orientation import to_canonical
+from ..io.reading import read_segmentation, read_volume
+from ..engine.representation import Preprocessing
 from .data import SliceSet, represent_hu, square_masks
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
@@ -215,7 +215,7 @@ def thick_slabs(array: np.ndarray, chosen: np.ndarray, half: int) -> np.ndarray:
 def find_healthy_cases(root: str | Path, label_map: str | None = None) -> list[VolumeCase]:
     """CTs of patients without COVID-19: image + label pairs (lungs labelled), else every CT file or DICOM
     series in the folder (no masks)."""
-    from ..pipeline import find_cases
+    from ..io.cases import find_cases
 
     root = Path(root).expanduser()
     if not root.is_dir():

@@ -54,8 +54,8 @@ def make_ct(slices: int, size: int = 512) -> Path:
 
 
 def run_covidseg(ct: Path, out: Path, model_path: str | None, device: str) -> dict:
-    from CovidSegLib.model import load_model
-    from CovidSegLib.pipeline import SegmentOptions, segment_file
+    from CovidSegLib.engine.model import load_model
+    from CovidSegLib.engine.pipeline import SegmentOptions, segment_file
 
     model = load_model(model_path)
     started = time.perf_counter()
@@ -76,11 +76,11 @@ ABLATIONS = {
 
 def run_ablation(ct: Path, out: Path, model_path: str | None, device: str, switches: dict) -> dict:
     """The product path with one idea switched off: what that idea pays is the difference to ``covidseg``."""
-    from CovidSegLib.inference import EngineSwitches, segment_volume
-    from CovidSegLib.intensity import prepare_ct
-    from CovidSegLib.model import load_model
-    from CovidSegLib.reading import read_volume
-    from CovidSegLib.writing import write_label_map
+    from CovidSegLib.engine.inference import EngineSwitches, segment_volume
+    from CovidSegLib.checks.intensity import prepare_ct
+    from CovidSegLib.engine.model import load_model
+    from CovidSegLib.io.reading import read_volume
+    from CovidSegLib.io.writing import write_label_map
 
     model = load_model(model_path)
     started = time.perf_counter()
@@ -96,14 +96,14 @@ def run_baseline(ct: Path, out: Path, model_path: str | None, device: str) -> di
     import torch
     import torch.nn.functional as F
 
-    from CovidSegLib.inference import AIR_HU, select_device, whole_slice_box
-    from CovidSegLib.intensity import prepare_ct
-    from CovidSegLib.model import load_model
-    from CovidSegLib.orientation import from_canonical, to_canonical
-    from CovidSegLib.postprocess import postprocess
-    from CovidSegLib.reading import read_volume
-    from CovidSegLib.representation import network_input, represent
-    from CovidSegLib.writing import write_label_map
+    from CovidSegLib.engine.inference import AIR_HU, select_device, whole_slice_box
+    from CovidSegLib.checks.intensity import prepare_ct
+    from CovidSegLib.engine.model import load_model
+    from CovidSegLib.io.orientation import from_canonical, to_canonical
+    from CovidSegLib.engine.postprocess import postprocess
+    from CovidSegLib.io.reading import read_volume
+    from CovidSegLib.engine.representation import network_input, represent
+    from CovidSegLib.io.writing import write_label_map
 
     model = load_model(model_path)
     target = select_device(device)
@@ -144,7 +144,7 @@ def child(mode: str, ct: Path, model: str | None, device: str, out: Path) -> Non
 def agreement(labels: Path, reference: Path) -> str:
     """Dice of lungs and of infection between two label files (n/a: both empty)."""
     from CovidSegLib.labels import INFECTION_VALUES, LUNG_VALUES
-    from CovidSegLib.reading import read_segmentation
+    from CovidSegLib.io.reading import read_segmentation
 
     a, b = read_segmentation(labels).layers[0], read_segmentation(reference).layers[0]
     figures = []

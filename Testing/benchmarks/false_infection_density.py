@@ -40,10 +40,10 @@ def single_slice_share(infection: np.ndarray) -> float:
 
 
 def main() -> None:
-    from CovidSegLib.density import InfectionFloor, smoothed_density
+    from CovidSegLib.engine.density import InfectionFloor, smoothed_density
     from CovidSegLib.labels import INFECTION
-    from CovidSegLib.model import load_model
-    from CovidSegLib.pipeline import SegmentOptions, segment_file
+    from CovidSegLib.engine.model import load_model
+    from CovidSegLib.engine.pipeline import SegmentOptions, segment_file
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", type=Path, help="model card")

@@ -31,8 +31,8 @@ def quartiles(values: np.ndarray) -> str:
 
 
 def main() -> None:
-    from CovidSegLib.density import smoothed_density
-    from CovidSegLib.model import load_model
+    from CovidSegLib.engine.density import smoothed_density
+    from CovidSegLib.engine.model import load_model
     from CovidSegLib.training.report import HU_SLICE_PIXEL_MM, read_hu_slice, segment_hu_slice
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -25,9 +25,9 @@ DATA = Path(os.environ.get("COVIDSEG_DATA", ROOT.parent / "shared" / "data"))
 
 
 def main() -> None:
-    from CovidSegLib.inference import SliceSegmenter, select_device
-    from CovidSegLib.model import load_model
-    from CovidSegLib.slice_evaluation import dice_figures
+    from CovidSegLib.engine.inference import SliceSegmenter, select_device
+    from CovidSegLib.engine.model import load_model
+    from CovidSegLib.slices.evaluation import dice_figures
     from CovidSegLib.training.data import load_slice_corpus, read_split, split_indices
     from CovidSegLib.training.memo import memoised
     from CovidSegLib.training.report import healthy_volume_scores, named_entry, predict_represented

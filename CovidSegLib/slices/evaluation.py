@@ -23,9 +23,9 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from .errors import InputError
-from .slices import npz_keys, read_npz_array
-from .writing import write_text
+from ..errors import InputError
+from .dataset import npz_keys, read_npz_array
+from ..io.writing import write_text
 
 #: Mask subfolder names per target, first found wins.
 MASK_FOLDERS: Mapping[str, tuple[str, ...]] = {

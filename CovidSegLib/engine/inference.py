@@ -4,7 +4,7 @@ Work is kept small rather than made fast: slices without enclosed air are skippe
 runs on slices about 2.5 mm apart and the slices between get interpolated logits, the next batch is prepared on
 a worker thread while the network runs, and the
 outputs are held as two boolean volumes (no float copies of the CT). The network's image is made from HU by the
-model card's preprocessing, the code training uses too (:mod:`CovidSegLib.representation`); a clahe model sees
+model card's preprocessing, the code training uses too (:mod:`CovidSegLib.engine.representation`); a clahe model sees
 whole slices, as its training corpus did, so the body crop applies to window-mode models only.
 """
 
@@ -18,15 +18,15 @@ from typing import Callable, Optional
 import numpy as np
 
 from .density import apply_infection_floor, split_infection
-from .errors import Cancelled, CovidSegError
-from .labels import LabelInfo, output_labels
+from ..errors import Cancelled, CovidSegError
+from ..labels import LabelInfo, output_labels
 from .model import LoadedModel
-from .orientation import from_canonical, to_canonical
-from .plausibility import no_lung_finding
+from ..io.orientation import from_canonical, to_canonical
+from ..checks.plausibility import no_lung_finding
 from .postprocess import postprocess
 from .preprocessing import BodySample, Box, body_box, candidate_slices
 from .representation import network_input, represent
-from .volume import Geometry, Volume
+from ..io.volume import Geometry, Volume
 
 #: Called with the fraction done (0..1); returning True cancels the run.
 ProgressCallback = Callable[[float], Optional[bool]]
@@ -48,7 +48,7 @@ class EngineSwitches:
     interpolate_thin_slices: bool = True
     prefetch_next_batch: bool = True
     channels_last: bool = True
-    #: int8 convolutions on an x86 CPU when the card is calibrated for them (CovidSegLib.int8_inference)
+    #: int8 convolutions on an x86 CPU when the card is calibrated for them (CovidSegLib.engine.int8_inference)
     int8_on_cpu: bool = True
 
 
@@ -125,7 +125,7 @@ class SliceSegmenter:
     """Runs one model on batches of canonical slices; halves the batch and retries on out-of-memory.
 
     On an x86 CPU, with a card calibrated for it and ``int8``, the convolutions the card names run in int8
-    (:mod:`CovidSegLib.int8_inference`); ``precision`` says which ran ("int8", "float32", or "float16" on CUDA).
+    (:mod:`CovidSegLib.engine.int8_inference`); ``precision`` says which ran ("int8", "float32", or "float16" on CUDA).
     """
 
     def __init__(self, model: LoadedModel, device: "torch.device", batch_size: int | None = None,  # noqa: F821
@@ -218,7 +218,7 @@ class _InlineExecutor:
 
 
 def no_lung_note(labels: np.ndarray, geometry: Geometry) -> str | None:
-    """:func:`CovidSegLib.plausibility.no_lung_finding` for a label map: every label counts as lung-like."""
+    """:func:`CovidSegLib.checks.plausibility.no_lung_finding` for a label map: every label counts as lung-like."""
     return no_lung_finding(np.count_nonzero(labels) * geometry.voxel_volume_ml)
 
 
@@ -307,10 +307,10 @@ def segment_volume(
     switches: EngineSwitches = EngineSwitches(),
     separate_infection: bool = True,
 ) -> SegmentationResult:
-    """Segment a validated CT in HU (see :func:`CovidSegLib.intensity.prepare_ct`); labels on its exact grid.
+    """Segment a validated CT in HU (see :func:`CovidSegLib.checks.intensity.prepare_ct`); labels on its exact grid.
 
     Infection comes out as ground-glass opacity and consolidation when the card has a rule for that
-    (:mod:`CovidSegLib.density`) and ``separate_infection``; else as one infection label."""
+    (:mod:`CovidSegLib.engine.density`) and ``separate_infection``; else as one infection label."""
     started = time.perf_counter()
     canonical, plan = to_canonical(volume)
     hu = canonical.array

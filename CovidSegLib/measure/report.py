@@ -21,12 +21,12 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from . import __version__
-from .labels import INFECTION_VALUES, LABELS, LEFT_LUNG, RIGHT_LUNG
-from .orientation import to_canonical
+from .. import __version__
+from ..labels import INFECTION_VALUES, LABELS, LEFT_LUNG, RIGHT_LUNG
+from ..io.orientation import to_canonical
 from .quantification import Quantification, attribute_infection, quantify
-from .volume import Volume
-from .writing import atomic_output, write_text
+from ..io.volume import Volume
+from ..io.writing import atomic_output, write_text
 
 LUNG_WINDOW = (-1350.0, 150.0)
 OVERLAY = {label.value: label.color for label in LABELS}
@@ -310,7 +310,7 @@ def labels_for_ct(labels_path: Path, ct: Volume) -> np.ndarray:
     """A CovidSeg label map (1 left, 2 right, 3 infection, 4 GGO, 5 consolidation) from any label file, on the
     CT's grid."""
     from .evaluation import align_to_grid, default_mapping, mapped_masks
-    from .reading import read_segmentation
+    from ..io.reading import read_segmentation
 
     segmentation = read_segmentation(labels_path)
     masks = mapped_masks(segmentation, default_mapping(segmentation))

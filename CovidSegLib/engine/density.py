@@ -30,7 +30,7 @@ from typing import Iterator
 import numpy as np
 from scipy import ndimage
 
-from .labels import CONSOLIDATION, GGO, INFECTION
+from ..labels import CONSOLIDATION, GGO, INFECTION
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 Guards against the failures lungmask documents: a spurious "lung" outside the body (bowel gas, air beside
 the patient), stray specks, holes where dense infection hides the lung, and one lung lost when the two lungs
-touch (handled by :func:`CovidSegLib.lateral.split_left_right`). Infection is kept only inside the lungs.
+touch (handled by :func:`CovidSegLib.engine.lateral.split_left_right`). Infection is kept only inside the lungs.
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from .labels import INFECTION, LEFT_LUNG, RIGHT_LUNG
+from ..labels import INFECTION, LEFT_LUNG, RIGHT_LUNG
 from .lateral import bounding_box, split_left_right
 from .preprocessing import BodySample, body_mask_2d, fill_holes_2d
-from .volume import Geometry
+from ..io.volume import Geometry
 
 #: A lung component smaller than this fraction of the largest one is noise.
 MIN_COMPONENT_FRACTION = 0.05

@@ -16,12 +16,13 @@ from typing import Mapping, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputError
-from .labels import (CONSOLIDATION, GGO, INFECTION, INFECTION_VALUES, LABELS, LABELS_BY_VALUE, LEFT_LUNG, RIGHT_LUNG,
+from ..errors import InputError
+from ..labels import (CONSOLIDATION, GGO, INFECTION, INFECTION_VALUES, LABELS, LABELS_BY_VALUE, LEFT_LUNG, RIGHT_LUNG,
                      label_by_name)
 from .metrics import LESION_NSD_TOLERANCE_MM, LUNG_NSD_TOLERANCE_MM, StructureMetrics, structure_metrics
-from .reading import Segmentation, image_from_array, read_segmentation
-from .volume import Geometry
+from ..io.cases import case_id
+from ..io.reading import Segmentation, image_from_array, read_segmentation
+from ..io.volume import Geometry
 
 #: Named mappings for references that use other codes. Values are mapping specs (see :func:`parse_mapping`).
 MAPPING_PRESETS: Mapping[str, str] = {
@@ -256,15 +257,6 @@ def evaluate_case(
     return CaseResult(case or case_id(Path(prediction_path)), str(prediction_path), str(reference_path), metrics, notes)
 
 
-def case_id(path: Path) -> str:
-    """File name without its image suffix, so ``a.seg.nrrd`` pairs with ``a.nii.gz``; a DICOM folder's name."""
-    name = path.name
-    if path.is_dir():
-        return name
-    for suffix in (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
 
 
 def pair_folders(predictions: Path, references: Path) -> tuple[list[tuple[str, Path, Path]], list[str]]:

@@ -3,14 +3,14 @@
 Public COVID-19 slice sets (the COVID-19-CT-Seg slice corpus, MedSeg) ship axial slices as 8-bit images of a
 lung window, sometimes as HU arrays in ``.npz``. An 8-bit slice is mapped back to HU-equivalents over a window
 (the model's own unless the caller knows the export's window), so it goes through exactly the representation,
-resizing and thresholding of :class:`CovidSegLib.inference.SliceSegmenter` that volumes get. Slices that are
+resizing and thresholding of :class:`CovidSegLib.engine.inference.SliceSegmenter` that volumes get. Slices that are
 already in the model's representation (the corpus' CLAHE images) are fed as they are (``represented``): a second
 CLAHE would change them. Slices are used whole, without the body crop: a body box cannot be found reliably on
 slices whose contrast was enhanced (CLAHE turns the air around the patient into noise as bright as tissue), and
 crops around the lungs have no body outline at all.
 
 Predicted masks are written as 0/255 PNGs in ``OUT/lungs/`` and ``OUT/infection/`` under each slice's name, the
-layout :mod:`CovidSegLib.slice_evaluation` reads back.
+layout :mod:`CovidSegLib.slices.evaluation` reads back.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from .errors import Cancelled, InputError
-from .inference import whole_slice_box
-from .postprocess import postprocess_slice
-from .writing import atomic_output
+from ..errors import Cancelled, InputError
+from ..engine.inference import whole_slice_box
+from ..engine.postprocess import postprocess_slice
+from ..io.writing import atomic_output
 
 SLICE_SUFFIXES = (".png", ".jpg", ".jpeg", ".npz")
 #: Subfolders that hold the images of a slice dataset (MedSeg: images/, the dstaroff corpus: ct/).
@@ -125,7 +125,7 @@ def predict_slices(segmenter, slices_hu: Iterable[np.ndarray], batch_size: int =
     """Lung and infection masks at each slice's own size; slices of equal shape share network calls.
 
     Non-square slices are padded to a square, as the representation pads them. With ``postprocess``,
-    :func:`CovidSegLib.postprocess.postprocess_slice` cleans slices that show a body outline. ``represented``:
+    :func:`CovidSegLib.engine.postprocess.postprocess_slice` cleans slices that show a body outline. ``represented``:
     the slices are 8-bit square images already in the model's representation, fed as they are (no HU, so no
     post-processing). ``progress(fraction)`` returning True cancels (raises :class:`Cancelled`).
     """

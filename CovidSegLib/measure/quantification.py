@@ -16,10 +16,10 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .labels import CONSOLIDATION, GGO, INFECTION_VALUES, LEFT_LUNG, RIGHT_LUNG
-from .lateral import split_left_right
-from .plausibility import geometry_warnings, no_lung_finding
-from .volume import Geometry
+from ..labels import CONSOLIDATION, GGO, INFECTION_VALUES, LEFT_LUNG, RIGHT_LUNG
+from ..engine.lateral import split_left_right
+from ..checks.plausibility import geometry_warnings, no_lung_finding
+from ..io.volume import Geometry
 
 SEVERITY_NOTE = "automatic estimate from an automatic segmentation; not a diagnosis, review the images"
 #: Adult total lung volumes outside this range (mL) point at a failed segmentation or an unusual scan.

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import InputError
-from .orientation import plan_reorientation
-from .volume import Geometry, Volume
+from ..errors import InputError
+from ..io.orientation import plan_reorientation
+from ..io.volume import Geometry, Volume
 
 
 @dataclass(frozen=True)

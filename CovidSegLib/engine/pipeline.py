@@ -1,20 +1,18 @@
-"""One CT file (or DICOM folder) in, one label file out; and the discovery of cases in a batch folder."""
+"""One CT file (or DICOM folder) in, one label file out (the discovery of cases is io.cases')."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-import SimpleITK as sitk
-
-from .errors import InputError
-from .evaluation import case_id
+from ..errors import InputError
+from ..io.cases import case_id
 from .inference import EngineSwitches, ProgressCallback, SegmentationResult, segment_volume
-from .intensity import DEFAULT_WINDOW, IntensityMode, prepare_ct
+from ..checks.intensity import DEFAULT_WINDOW, IntensityMode, prepare_ct
 from .model import LoadedModel
-from .plausibility import geometry_warnings
-from .reading import has_volume_suffix, is_segmentation_file, read_volume
-from .writing import LABEL_SUFFIXES, check_not_protected, check_output_folder, output_suffix, write_label_map
+from ..checks.plausibility import geometry_warnings
+from ..io.reading import read_volume
+from ..io.writing import LABEL_SUFFIXES, check_not_protected, check_output_folder, output_suffix, write_label_map
 
 
 @dataclass(frozen=True)
@@ -28,31 +26,12 @@ class SegmentOptions:
     series: str | None = None  # DICOM SeriesInstanceUID, for a folder with several series
     #: ground-glass opacity and consolidation as two labels, when the model card has a rule for it
     separate_infection: bool = True
-    #: int8 convolutions on an x86 CPU when the card is calibrated (CovidSegLib.int8_inference); False: float32
+    #: int8 convolutions on an x86 CPU when the card is calibrated (CovidSegLib.engine.int8_inference); False: float32
     int8: bool = True
 
 
-def is_dicom_folder(path: Path) -> bool:
-    """A folder that is one CT: it holds a DICOM series and no other volume files (else it is a batch)."""
-    if not path.is_dir():
-        return False
-    other_volumes = any(
-        p.is_file() and has_volume_suffix(p) and not p.name.lower().endswith(".dcm") for p in path.iterdir()
-    )
-    return not other_volumes and bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path)))
 
 
-def find_cases(folder: Path) -> list[Path]:
-    """CT inputs in a batch folder: volume files (not segmentations) and subfolders holding a DICOM series."""
-    cases = []
-    for entry in sorted(folder.iterdir()):
-        if entry.name.startswith("."):
-            continue
-        if entry.is_file() and has_volume_suffix(entry) and not is_segmentation_file(entry):
-            cases.append(entry)
-        elif is_dicom_folder(entry):
-            cases.append(entry)
-    return cases
 
 
 def output_path_for(ct: Path, out: Path, output_format: str, batch: bool) -> Path:

@@ -16,9 +16,9 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputError, OutputError
+from ..errors import InputError, OutputError
 from .integrity import check_file_integrity
-from .labels import LabelInfo, segments_for, slicer_terminology
+from ..labels import LabelInfo, segments_for, slicer_terminology
 from .reading import image_from_array
 from .volume import Geometry
 

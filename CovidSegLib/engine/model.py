@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .density import InfectionFloor, InfectionSplit
-from .errors import ModelError
+from ..errors import ModelError
 from .representation import Preprocessing
 
 if TYPE_CHECKING:  # torch is imported only when a network is built
@@ -26,8 +26,8 @@ BUNDLED_NAME = "covidseg-unet.json"
 #: The bundled default model: inside the package in an installed Slicer extension (CovidSegLib/CMakeLists.txt
 #: copies it there), else in the repository's Resources/model.
 BUNDLED_CANDIDATES = (
-    Path(__file__).resolve().parent / "Resources" / "model" / BUNDLED_NAME,
-    Path(__file__).resolve().parent.parent / "Resources" / "model" / BUNDLED_NAME,
+    Path(__file__).resolve().parents[1] / "Resources" / "model" / BUNDLED_NAME,
+    Path(__file__).resolve().parents[2] / "Resources" / "model" / BUNDLED_NAME,
 )
 BUNDLED_CARD = next((p for p in BUNDLED_CANDIDATES if p.is_file()), BUNDLED_CANDIDATES[-1])
 
@@ -53,13 +53,13 @@ class ModelCard:
     description: str = ""
     limitations: tuple[str, ...] = ()  # what the measurements showed it gets wrong
     training_config: dict[str, Any] = field(default_factory=dict)
-    #: how the engine splits infection into ground-glass opacity and consolidation (CovidSegLib.density);
+    #: how the engine splits infection into ground-glass opacity and consolidation (CovidSegLib.engine.density);
     #: empty: the model's infection stays one label
     infection_split: dict[str, Any] = field(default_factory=dict)
-    #: infection less dense than this is given back to the lung (CovidSegLib.density); empty: no floor
+    #: infection less dense than this is given back to the lung (CovidSegLib.engine.density); empty: no floor
     infection_floor: dict[str, Any] = field(default_factory=dict)
     #: activation ranges that let the engine run the convolutions in int8 on an x86 CPU
-    #: (CovidSegLib.int8_inference); empty: the network runs in float32 everywhere
+    #: (CovidSegLib.engine.int8_inference); empty: the network runs in float32 everywhere
     int8_calibration: dict[str, Any] = field(default_factory=dict)
     format: str = CARD_FORMAT
 
@@ -217,7 +217,7 @@ def save_model(network: "torch.nn.Module", card: ModelCard, card_path: str | Pat
     """Write the weights (safetensors) and the card with the weights' sha256 filled in; both atomically."""
     from safetensors.torch import save_file
 
-    from .writing import atomic_output, write_text
+    from ..io.writing import atomic_output, write_text
 
     card_path = Path(card_path)
     weights = card_path.with_suffix(".safetensors")
@@ -238,7 +238,7 @@ def save_model(network: "torch.nn.Module", card: ModelCard, card_path: str | Pat
 def update_card(card_path: str | Path, changes: dict[str, Any]) -> None:
     """Replace top-level fields of a card file (its weights untouched), atomically; the rest stays as written.
     A result that is no longer a valid card is refused before anything is written."""
-    from .writing import write_text
+    from ..io.writing import write_text
 
     card_path = Path(card_path)
     document = {**json.loads(card_path.read_text(encoding="utf-8")), **changes}

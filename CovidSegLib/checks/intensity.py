@@ -7,14 +7,15 @@ windowed images, into an explicit opt-in mapping back to HU (``intensity="window
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 from .plausibility import check_geometry
-from .volume import Volume
+from ..io.volume import Volume
 
 IntensityMode = Literal["hu", "windowed"]
 
@@ -175,3 +176,14 @@ def prepare_ct(
     check_hounsfield(volume)
     check_structure(volume)
     return volume
+
+
+def hu_range(text: str) -> tuple[float, float]:
+    """argparse type of a ``LOW,HIGH`` range in HU (a window, a clip), LOW below HIGH."""
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be LOW,HIGH in HU, got {text!r}") from None
+    if not low < high:
+        raise argparse.ArgumentTypeError(f"LOW must be below HIGH, got {text!r}")
+    return low, high

@@ -15,7 +15,7 @@ from typing import Iterable, Sequence
 
 from .evaluation import CaseResult, structures_of, summarise
 from .metrics import METRIC_NAMES
-from .writing import write_text
+from ..io.writing import write_text
 
 TABLE_METRICS: tuple[tuple[str, str], ...] = (
     ("dice", "Dice"),

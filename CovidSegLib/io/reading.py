@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputError
+from ..errors import InputError
 from .integrity import check_file_integrity
 from .volume import Geometry, Volume
 
@@ -150,7 +150,7 @@ def read_checked_file(path: Path) -> sitk.Image:
 def read_image(path: str | Path, series_uid: str | None = None) -> tuple[sitk.Image, tuple[str, ...]]:
     """Read any supported file or DICOM folder as a SimpleITK image, with notes on what was read.
 
-    A file is first checked against its own header (:mod:`CovidSegLib.integrity`) and a DICOM series for
+    A file is first checked against its own header (:mod:`CovidSegLib.io.integrity`) and a DICOM series for
     missing or unreadable slices, so damaged data is refused instead of read as zeros or closed up."""
     path = Path(path)
     if not path.exists():
@@ -179,7 +179,8 @@ def read_image(path: str | Path, series_uid: str | None = None) -> tuple[sitk.Im
 
 
 def read_volume(path: str | Path, series_uid: str | None = None) -> Volume:
-    """Read a scalar 3D volume (a CT) without judging its contents; see :func:`CovidSegLib.intensity.prepare_ct`."""
+    """Read a scalar 3D volume (a CT) without judging its contents (that is
+    :func:`CovidSegLib.checks.intensity.prepare_ct`'s job)."""
     image, notes = read_image(path, series_uid)
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(

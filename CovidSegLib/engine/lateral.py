@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from .labels import LEFT_LUNG, RIGHT_LUNG
+from ..labels import LEFT_LUNG, RIGHT_LUNG
 from .morphology import dilate_in_plane, erode_in_plane
-from .volume import Geometry
+from ..io.volume import Geometry
 
 #: A second component smaller than this fraction of the largest is a stray piece, not the other lung.
 MIN_LUNG_FRACTION = 0.1

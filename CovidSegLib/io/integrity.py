@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator, Literal
 
-from .errors import InputError
+from ..errors import InputError
 
 CHUNK = 1 << 20
 Compression = Literal["none", "gzip", "zlib"]
