@@ -218,12 +218,14 @@ class CovidSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onQuantifyButton(self) -> None:
         node = self._parameterNode
         with slicer.util.tryWithErrorDisplay("Quantification failed.", waitCursor=True):
-            table, result = self.logic.quantify(node.outputSegmentation, node.inputVolume, node.quantificationTable)
+            table, result = self.logic.quantify(node.outputSegmentation, node.inputVolume, node.quantificationTable,
+                                                model_path=node.modelPath or None)
             node.quantificationTable = table
             self.ui.quantificationTableView.setMRMLTableNode(table)
             involvement = result.total.involvement_percent
-            text = (f"Severity {result.severity} ({involvement:.1f}% of both lungs involved"
-                    f"{', bilateral' if result.bilateral else ''}): {result.severity_note}."
+            bilateral = ", bilateral" if result.bilateral and result.severity != "CT-0" else ""
+            text = (f"Severity {result.severity} ({involvement:.1f}% of both lungs involved{bilateral}). "
+                    f"{result.severity_reason}: {result.severity_note}."
                     if not math.isnan(involvement) else "No lung found.")
             classes = ([f"Ground-glass opacity {result.ggo_ml:.1f} mL, consolidation {result.consolidation_ml:.1f} mL."]
                        if result.ggo_ml is not None else [])

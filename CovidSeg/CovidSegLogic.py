@@ -7,6 +7,7 @@ scene, so the scene is passed in. torch is imported only when a segmentation act
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
@@ -270,14 +271,28 @@ class CovidSegLogic(ScriptedLoadableModuleLogic):
         return self._fill_table(table_node, "CovidSeg comparison", ["Structure"] + [c for c, _ in columns], rows)
 
     # ---- quantify ----------------------------------------------------------------------------------------
-    def quantify(self, segmentation_node, volume_node, table_node=None):
+    def quantify(self, segmentation_node, volume_node, table_node=None, model_path: str | None = None):
         """Lung and infection volumes (and of ground-glass opacity and consolidation, when the segments tell
-        them apart), % involved per lung, mean HU and the severity estimate into a table."""
+        them apart), % involved per lung, mean HU, the aeration bands (mL and % of each lung, by HU thresholds on
+        the lung segments) and the severity estimate into a table.
+
+        The severity weighs the infection against the false infection on CT without COVID-19 of the model in
+        ``model_path`` (default: the one that segmented last, else the bundled one), as ``covidseg report`` does;
+        its card is read, the network is not loaded."""
+        from CovidSegLib.engine.model import BUNDLED_CARD, read_card
+        from CovidSegLib.measure.aeration import BANDS
         from CovidSegLib.measure.quantification import quantify
+        from CovidSegLib.measure.severity import floor_of_card
 
         labels = self.label_map(segmentation_node, volume_node)
         hu = np.asarray(slicer.util.arrayFromVolume(volume_node))
-        result = quantify(labels, geometry_from_volume_node(volume_node), hu)
+        model_path = model_path or self._model_path
+        if self._model is not None and (model_path or None) == self._model_path:
+            card = self._model.card
+        else:
+            card_path = Path(model_path) if model_path else BUNDLED_CARD
+            card = read_card(card_path.with_suffix(".json") if card_path.suffix == ".safetensors" else card_path)
+        result = quantify(labels, geometry_from_volume_node(volume_node), hu, floor_of_card(card))
         header = ["Region", "Volume (mL)", "Infection (mL)", "Involvement (%)", "Healthy lung mean HU",
                   "Infection mean HU"]
         regions = (("Left lung", result.left), ("Right lung", result.right), ("Both lungs", result.total))
@@ -287,8 +302,13 @@ class CovidSegLogic(ScriptedLoadableModuleLogic):
             header[3:3] = ["Ground-glass opacity (mL)", "Consolidation (mL)"]
             for row, (_, f) in zip(rows, regions):
                 row[3:3] = [f.ggo_ml, f.consolidation_ml]
+        for key, name, _, _ in BANDS:  # HU thresholds on the lung segments, independent of the infection model
+            header += [f"{name} (mL)", f"{name} (%)"]
+            for row, (_, f) in zip(rows, regions):
+                row += [f.aeration.ml(key), f.aeration.percent(key)]
         table = self._fill_table(table_node, "CovidSeg quantification", header, rows)
         table.SetAttribute("CovidSeg.Severity", result.severity)
+        table.SetAttribute("CovidSeg.SeverityReason", result.severity_reason)
         table.SetAttribute("CovidSeg.SeverityNote", result.severity_note)
         table.SetAttribute("CovidSeg.Bilateral", str(result.bilateral))
         table.SetAttribute(WARNINGS_ATTRIBUTE, WARNING_SEPARATOR.join(result.warnings))

@@ -200,12 +200,12 @@ def cmd_segment(args: argparse.Namespace) -> int:
                 print(f"covidseg: error: {error}", file=sys.stderr)
                 continue
         if args.report:
-            from .measure.report import false_infection_floor, write_report
+            from .measure.report import floor_of_card, write_report
 
             report_dir = output.parent / f"{case_id(output)}_report"
             write_report(result.volume, result.labels, report_dir, case_id(output),
                          {"ct": str(ct), "labels": str(output)}, protected=[ct],
-                         floor=false_infection_floor(model.card.name, model.card.scores))
+                         floor=floor_of_card(model.card))
             print(f"report: {report_dir / 'report.html'}")
         seconds = result.seconds["total"]
         print(f"{ct} -> {output} ({result.slices_inferred}/{result.slices_total} slices on {result.device} "
@@ -227,12 +227,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .engine.model import BUNDLED_CARD, read_card
     from .io.cases import find_cases, is_dicom_folder
     from .io.reading import read_volume
-    from .measure.report import csv_row, csv_text, false_infection_floor, labels_for_ct, write_report
+    from .measure.report import csv_row, csv_text, floor_of_card, labels_for_ct, write_report
     from .io.writing import LABEL_SUFFIXES, write_text
 
     ct_path, labels_path, out = Path(args.ct), Path(args.labels), Path(args.output)
     card = read_card(args.model or BUNDLED_CARD)
-    floor = false_infection_floor(card.name, card.scores)
+    floor = floor_of_card(card)
     cohort = ct_path.is_dir() and not is_dicom_folder(ct_path)
     if not cohort:
         ct = prepare_ct(read_volume(ct_path), args.intensity, args.window)

@@ -198,7 +198,7 @@ class CaseScene:
         """``CASE.seg.nrrd`` and ``CASE_report/`` (as ``covidseg segment --report`` names and writes them, with
         the model's false-infection note) into ``out_dir``; CovidSegLib's writers refuse to write over the CT."""
         from CovidSegLib.io.cases import case_id
-        from CovidSegLib.measure.report import false_infection_floor, write_report
+        from CovidSegLib.measure.report import floor_of_card, write_report
         from CovidSegLib.io.writing import write_label_map
 
         ct, labels = self.require_ct(), self.labels()
@@ -207,6 +207,6 @@ class CaseScene:
         segmentation = write_label_map(labels, ct.geometry, out_dir / f"{case}.seg.nrrd", protected=[self.ct_path])
         written, _ = write_report(ct, labels, out_dir / f"{case}_report", case,
                                   {"ct": str(self.ct_path), "labels": str(segmentation)}, protected=[self.ct_path],
-                                  floor=false_infection_floor(card.name, card.scores))
+                                  floor=floor_of_card(card))
         return {"segmentation": segmentation, "report": written["html"]}
 

@@ -188,22 +188,81 @@ def test_the_floor_comes_from_held_out_ct_only() -> None:
                                               "geometry_warnings": ["pixel spacing 5.3 mm is unusual"]}}}
     floor = false_infection_floor("m", scores)
     # a CT it trained on would understate it; a CT the tool warns about says nothing of those it accepts
-    assert floor.ml == 12.0 and floor.measured_on == ("held: 12 mL",)
+    assert floor.ml == 12.0 and floor.measured_on == ("held: 12.0 mL",)
     assert false_infection_floor("x", {"held_out": {"lungs": 0.9}}) is None
-    # figures of other models in the card (k-fold models, siblings) are not this model's
+    # figures of other models in the card's scores (k-fold studies, siblings) are not this model's
     other = {"cross_validation": {"with_medseg": {"popi (fold 1)": {"false_infection_ml": 146.0}}}}
     assert false_infection_floor("m", {**scores, **other}).ml == 12.0
+    # this recipe's k-fold models on the CT each held out count, at the shipped floor only, and not on a CT
+    # whose geometry the card warns about
+    recipe = {"min_hu": -800.0, "cross_validation": {"floors_hu": [None, -800.0], "false_infection_ml": {
+        "fresh (fold 1)": [40.0, 20.0], "coarse (fold 2)": [500.0, 300.0]}}}
+    floor = false_infection_floor("m", scores, recipe)
+    assert floor.ml == 20.0 and "fresh (fold 1), k-fold model of this recipe: 20.0 mL" in floor.measured_on
+    assert false_infection_floor("m", scores, {**recipe, "min_hu": -700.0}).ml == 12.0  # no column for it
 
 
-def test_infection_below_the_models_false_infection_floor_is_flagged(volumes: Path, tmp_path: Path) -> None:
+def test_the_bundled_floor_and_ctchest_is_ct0_with_the_reason(volumes: Path, tmp_path: Path) -> None:
+    """Slicer's CTChest has no COVID-19; the bundled model finds about 1.8 mL of infection in it (the card),
+    0.03 % of the lungs, which the involvement bands alone call CT-1. Through the real command it is CT-0, and
+    the report says why."""
     import CovidSegLib.engine.model as model_module
-    from CovidSegLib.measure.report import false_infection_floor
+    from CovidSegLib.measure.report import floor_of_card
 
     card = model_module.read_card(model_module.BUNDLED_CARD)
-    measured = [v["false_infection_ml"] for v in card.scores["ct_without_covid"].values()
-                if not v["in_training_data"] and not v["geometry_warnings"]]
-    floor = false_infection_floor(card.name, card.scores)
-    assert floor is not None and floor.ml == pytest.approx(max(measured))
+    floor = floor_of_card(card)
+    recipe = card.infection_floor["cross_validation"]
+    column = recipe["floors_hu"].index(card.infection_floor["min_hu"])
+    popi = recipe["false_infection_ml"]["popi_phase00 (fold 1)"][column]
+    own = card.scores["ct_without_covid"]["ctchest4"]["false_infection_ml"]
+    assert floor.ml == pytest.approx(max(popi, own)) and floor.ml > 5 * own  # one sample is not the floor
+    assert not any(s.startswith(("copdgene", "totalseg")) for s in floor.measured_on)  # coarse or partial scans
+
+    result = run_cli("segment", str(volumes / "ctchest4.nrrd"), "-o", str(tmp_path / "ctchest4.seg.nrrd"),
+                     "--report", "--quiet")
+    assert result.returncode == 0, result.stderr
+    document = json.loads((tmp_path / "ctchest4_report" / "report.json").read_text(encoding="utf-8"))
+    found = document["total"]["infection_ml"]
+    assert 0 < found <= floor.ml and document["total"]["involvement_percent"] > 0  # found some, as the card says
+    assert document["severity"] == "CT-0"
+    assert document["severity_reason"].startswith(
+        f"CT-0: {found:.1f} mL of infection found, within the {floor.ml:.0f} mL this model finds on CT without "
+        "COVID-19") and document["severity_reason"].endswith("it would be CT-1")
+    assert document["false_infection_floor_ml"] == pytest.approx(floor.ml)
+    page = (tmp_path / "ctchest4_report" / "report.html").read_text(encoding="utf-8")
+    assert "Severity <b>CT-0</b>" in page and "bilateral" not in page.split('id="severity"')[1].split("</p>")[0]
+    assert document["severity_reason"] in page
+    assert page.index('id="severity"') < page.index('id="false-infection"') < page.index('id="figures"')
+    row = next(csv.DictReader((tmp_path / "ctchest4_report" / "case.csv").open(encoding="utf-8")))
+    assert row["severity"] == "CT-0" and row["severity_reason"] == document["severity_reason"]
+
+
+def test_infection_above_the_floor_keeps_its_category(volumes: Path, tmp_path: Path) -> None:
+    from CovidSegLib.measure.quantification import quantify
+    from CovidSegLib.measure.severity import FalseInfectionFloor
+
+    ct = prepare_ct(read_volume(volumes / "ctchest4.nrrd"))
+    layer = read_segmentation(volumes / "ctchest4.seg.nrrd").layers[0]
+    labels = np.where(layer == 6, 1, np.where(layer == 5, 2, 0)).astype(np.uint8)
+    floor = FalseInfectionFloor(10.0, ("somewhere: 10.0 mL",), "m")
+    voxels = int(10.0 / ct.geometry.voxel_volume_ml)  # just within 10 mL, then just above
+    left = np.argwhere(labels == 1)
+    within, above = labels.copy(), labels.copy()
+    within[tuple(left[:voxels].T)] = 3
+    above[tuple(left[:voxels + 2].T)] = 3
+    assert quantify(within, ct.geometry, ct.array, floor).severity == "CT-0"
+    result = quantify(above, ct.geometry, ct.array, floor)
+    assert result.severity == "CT-1" and result.severity_reason.startswith("CT-1: 0.")
+    assert quantify(within, ct.geometry, ct.array).severity == "CT-1"  # no floor: the bands alone
+
+
+def test_infection_within_the_models_false_infection_floor_is_flagged(volumes: Path, tmp_path: Path) -> None:
+    import CovidSegLib.engine.model as model_module
+    from CovidSegLib.measure.report import floor_of_card
+
+    card = model_module.read_card(model_module.BUNDLED_CARD)
+    floor = floor_of_card(card)
+    assert floor is not None
 
     ct = prepare_ct(read_volume(volumes / "ctchest4.nrrd"))
     layer = read_segmentation(volumes / "ctchest4.seg.nrrd").layers[0]
@@ -215,10 +274,11 @@ def test_infection_below_the_models_false_infection_floor_is_flagged(volumes: Pa
     result = run_cli("report", str(volumes / "ctchest4.nrrd"), str(labels_path), "-o", str(tmp_path / "out"))
     assert result.returncode == 0, result.stderr
     document = json.loads((tmp_path / "out" / "report.json").read_text(encoding="utf-8"))
-    assert document["false_infection_floor_ml"] == pytest.approx(max(measured))
-    assert f"below {max(measured):.0f} mL" in document["false_infection_note"]
+    assert document["false_infection_floor_ml"] == pytest.approx(floor.ml)
+    assert f"within the {floor.ml:.0f} mL" in document["false_infection_note"]
+    assert document["severity"] == "CT-0"
     page = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
-    assert 'id="false-infection"' in page and f"below {max(measured):.0f} mL" in page
+    assert 'id="false-infection"' in page and f"within the {floor.ml:.0f} mL" in page
     assert page.index('id="severity"') < page.index('id="false-infection"') < page.index('id="figures"')
 
 

@@ -147,6 +147,35 @@ def test_quantify_volumes_match_voxel_counts(scene, volumes: Path, logic_model: 
     assert "automatic estimate" in table.GetAttribute("CovidSeg.SeverityNote")
 
 
+def test_quantify_table_has_each_lungs_aeration_and_ctchest_is_ct0(scene, volumes: Path, logic_model: str) -> None:
+    """The Quantify table's aeration columns are HU thresholds on the lung segments: per lung they sum to its
+    volume and equal direct counts of the CT's voxels; CTChest (no COVID-19) is CT-0, as covidseg report says."""
+    from CovidSegLib.measure.aeration import BANDS, band_masks
+    from CovidSegLib.measure.quantification import attribute_infection
+
+    volume = load_volume(scene, volumes / "ctchest4.nrrd")
+    logic = CovidSegLogic(scene)
+    segmentation_node = logic.segment(volume, model_path=logic_model)
+    table, result = logic.quantify(segmentation_node, volume)
+    values = table.GetTable()
+    columns = {values.GetColumnName(c): c for c in range(values.GetNumberOfColumns())}
+    hu = slicer.util.arrayFromVolume(volume)
+    voxel_ml = np.prod(volume.GetSpacing()) / 1000
+    labels = logic.label_map(segmentation_node, volume)
+    sides = attribute_infection(labels, geometry_from_volume_node(volume))  # each lung with its infection
+    masks = band_masks(hu)
+    for row, lung in enumerate((sides == 1, sides == 2, sides > 0)):
+        volume_ml = values.GetValue(row, columns["Volume (mL)"]).ToDouble()
+        bands_ml = [values.GetValue(row, columns[f"{name} (mL)"]).ToDouble() for _, name, _, _ in BANDS]
+        bands_percent = [values.GetValue(row, columns[f"{name} (%)"]).ToDouble() for _, name, _, _ in BANDS]
+        assert sum(bands_ml) == pytest.approx(volume_ml) and sum(bands_percent) == pytest.approx(100)
+        assert bands_ml == pytest.approx([np.count_nonzero(lung & masks[key]) * voxel_ml for key, _, _, _ in BANDS])
+    assert np.count_nonzero(sides > 0) == np.count_nonzero(labels)
+    assert values.GetValue(2, columns["Well aerated (-950 to -700 HU) (%)"]).ToDouble() > 70  # a healthy CT
+    assert result.total.infection_ml > 0 and table.GetAttribute("CovidSeg.Severity") == "CT-0"
+    assert "within the" in table.GetAttribute("CovidSeg.SeverityReason")
+
+
 def test_bad_input_gets_the_library_message(scene, volumes: Path, logic_model: str) -> None:
     logic = CovidSegLogic(scene)
     single = load_volume(scene, volumes / "highdicom_ct_image.dcm")

@@ -274,10 +274,10 @@ def test_page_numbers_are_the_librarys(session: dict, volumes: Path) -> None:
     report = json.loads((session["saved"] / "ctchest4_report" / "report.json").read_text(encoding="utf-8"))
     assert report["severity"] == result.severity
     from CovidSegLib.engine.model import BUNDLED_CARD, read_card
-    from CovidSegLib.measure.report import false_infection_floor
+    from CovidSegLib.measure.report import floor_of_card
 
     card = read_card(BUNDLED_CARD)  # the saved report weighs the infection as covidseg segment --report does
-    assert report["false_infection_floor_ml"] == pytest.approx(false_infection_floor(card.name, card.scores).ml)
+    assert report["false_infection_floor_ml"] == pytest.approx(floor_of_card(card).ml)
 
     case = evaluate_case(saved, volumes / "ctchest4.seg.nrrd")
     dice = {row[0]: float(row[1]) for row in session["compare"][1:]}

@@ -4,9 +4,11 @@ Conventions:
 - A lung's volume includes the infection inside it. Infection voxels are attributed to a lung by splitting the
   whole lungs (infection included) into left and right, so involvement is reported per lung even though the
   label map stores infection as one label.
-- Severity follows MosMedData's CT-0..CT-4 on the involvement of both lungs together, with half-open bands:
-  CT-0 no involvement, CT-1 (0, 25) %, CT-2 [25, 50) %, CT-3 [50, 75] %, CT-4 (75, 100] %. It is an automatic
-  estimate from an automatic segmentation, and every output says so.
+- Severity follows MosMedData's CT-0..CT-4 on the involvement of both lungs together, except that infection
+  within the model's measured false infection on CT without COVID-19 is CT-0 (:mod:`.severity`, which also
+  words the reason). It is an automatic estimate from an automatic segmentation, and every output says so.
+- Each region's aeration (well, poorly and non-aerated lung by HU thresholds, :mod:`.aeration`) is measured on
+  the same voxels as its volume, when the CT is given.
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ from ..labels import CONSOLIDATION, GGO, INFECTION_VALUES, LEFT_LUNG, RIGHT_LUNG
 from ..engine.lateral import split_left_right
 from ..checks.plausibility import geometry_warnings, no_lung_finding
 from ..io.volume import Geometry
+from .aeration import Aeration, aeration
+from .severity import FalseInfectionFloor, grade, severity_category
+
+__all__ = ["LungFigures", "Quantification", "attribute_infection", "quantify", "severity_category"]
 
 SEVERITY_NOTE = "automatic estimate from an automatic segmentation; not a diagnosis, review the images"
 #: Adult total lung volumes outside this range (mL) point at a failed segmentation or an unusual scan.
@@ -37,6 +43,8 @@ class LungFigures:
     #: unclassified infection (3) has infection_ml above their sum
     ggo_ml: float | None = None
     consolidation_ml: float | None = None
+    #: volumes by density band (HU thresholds on the lung output, independent of the infection model)
+    aeration: Aeration | None = None
 
 
 @dataclass
@@ -47,25 +55,14 @@ class Quantification:
     bilateral: bool
     severity: str
     severity_note: str = SEVERITY_NOTE
+    #: why this category, e.g. "CT-0: 1.8 mL of infection found, within the 15 mL this model finds on CT ..."
+    severity_reason: str = ""
     ggo_ml: float | None = None
     consolidation_ml: float | None = None
     warnings: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def severity_category(involvement_percent: float) -> str:
-    """MosMedData CT-0..CT-4 from the percentage of both lungs involved (bands in the module docstring)."""
-    if not involvement_percent > 0:
-        return "CT-0"
-    if involvement_percent < 25:
-        return "CT-1"
-    if involvement_percent < 50:
-        return "CT-2"
-    if involvement_percent <= 75:
-        return "CT-3"
-    return "CT-4"
 
 
 def attribute_infection(labels: np.ndarray, geometry: Geometry) -> np.ndarray:
@@ -101,11 +98,16 @@ def _figures(in_lung: np.ndarray, infected: np.ndarray, hu: np.ndarray | None, v
         infection_mean_hu=mean_hu(in_lung & infected),
         ggo_ml=ggo_ml,
         consolidation_ml=consolidation_ml,
+        aeration=aeration(hu, in_lung, voxel_ml) if hu is not None else None,
     )
 
 
-def quantify(labels: np.ndarray, geometry: Geometry, hu: np.ndarray | None = None) -> Quantification:
-    """Figures for one case from its label map (and the CT in HU on the same grid, for mean HU)."""
+def quantify(labels: np.ndarray, geometry: Geometry, hu: np.ndarray | None = None,
+             floor: FalseInfectionFloor | None = None) -> Quantification:
+    """Figures for one case from its label map (and the CT in HU on the same grid, for mean HU and aeration).
+
+    ``floor``: the model's false infection on CT without COVID-19 (:func:`.severity.floor_of_card`); infection
+    within it is CT-0. Without it the category follows the involvement alone."""
     if hu is not None and hu.shape != labels.shape:
         raise ValueError(f"CT {hu.shape} and labels {labels.shape} are not on the same grid")
     voxel_ml = geometry.voxel_volume_ml
@@ -128,12 +130,14 @@ def quantify(labels: np.ndarray, geometry: Geometry, hu: np.ndarray | None = Non
     if lungs.any() and (lungs[0].any() or lungs[-1].any()):
         warnings.append("lung reaches the first or last slice: the scan may not cover both lungs, volumes are "
                         "then too small")
+    severity, reason = grade(total.involvement_percent, total.infection_ml, floor)
     return Quantification(
         left=left,
         right=right,
         total=total,
         bilateral=left.infection_ml > 0 and right.infection_ml > 0,
-        severity=severity_category(total.involvement_percent),
+        severity=severity,
+        severity_reason=reason,
         ggo_ml=total.ggo_ml,
         consolidation_ml=total.consolidation_ml,
         warnings=warnings,

@@ -17,28 +17,34 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
 from .. import __version__
 from ..labels import INFECTION_VALUES, LABELS, LEFT_LUNG, RIGHT_LUNG
 from ..io.orientation import to_canonical
+from .aeration import AERATION_NOTE, BAND_KEYS, BANDS
 from .quantification import Quantification, attribute_infection, quantify
+from .severity import CATEGORY_BANDS, FalseInfectionFloor, false_infection_floor, floor_of_card
 from ..io.volume import Volume
 from ..io.writing import atomic_output, write_text
 
 LUNG_WINDOW = (-1350.0, 150.0)
 OVERLAY = {label.value: label.color for label in LABELS}
 MOSAIC_SLICES = 12
-#: The model card's measurement of infection called on a CT without COVID-19 (mL), under any of its scores.
-FALSE_INFECTION_KEY = "false_infection_ml"
+__all__ = ["CSV_COLUMNS", "FalseInfectionFloor", "csv_row", "csv_text", "false_infection_floor", "floor_of_card",
+           "labels_for_ct", "qc_pictures", "write_report"]
+#: Aeration columns of the cohort table: both lungs first (``well_aerated_percent`` is %WAL), then each lung.
+AERATION_COLUMNS = tuple(f"{region}{band}_{unit}" for region in ("", "left_", "right_") for band in BAND_KEYS
+                         for unit in ("ml", "percent"))
 CSV_COLUMNS = (
     "case", "status", "severity", "involvement_percent", "bilateral", "lungs_ml", "infection_ml",
     "left_lung_ml", "left_infection_ml", "left_involvement_percent",
     "right_lung_ml", "right_infection_ml", "right_involvement_percent",
     "healthy_lung_mean_hu", "infection_mean_hu", "ggo_ml", "consolidation_ml",
-    "left_ggo_ml", "left_consolidation_ml", "right_ggo_ml", "right_consolidation_ml", "warnings",
+    "left_ggo_ml", "left_consolidation_ml", "right_ggo_ml", "right_consolidation_ml", *AERATION_COLUMNS,
+    "severity_reason", "warnings",
 )
 
 
@@ -58,8 +64,19 @@ def csv_row(case: str, result: Quantification | None, error: str | None = None) 
         "ggo_ml": result.ggo_ml, "consolidation_ml": result.consolidation_ml,
         "left_ggo_ml": result.left.ggo_ml, "left_consolidation_ml": result.left.consolidation_ml,
         "right_ggo_ml": result.right.ggo_ml, "right_consolidation_ml": result.right.consolidation_ml,
+        **_aeration_cells(result), "severity_reason": result.severity_reason,
         "warnings": " | ".join(result.warnings),
     }
+
+
+def _aeration_cells(result: Quantification) -> dict[str, float]:
+    cells: dict[str, float] = {}
+    for prefix, figures in (("", result.total), ("left_", result.left), ("right_", result.right)):
+        if figures.aeration is not None:
+            for band in BAND_KEYS:
+                cells[f"{prefix}{band}_ml"] = figures.aeration.ml(band)
+                cells[f"{prefix}{band}_percent"] = figures.aeration.percent(band)
+    return cells
 
 
 def csv_text(rows: Iterable[dict[str, object]]) -> str:
@@ -69,53 +86,6 @@ def csv_text(rows: Iterable[dict[str, object]]) -> str:
     for row in rows:
         writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) and not math.isnan(v) else v) for k, v in row.items()})
     return buffer.getvalue()
-
-
-@dataclass(frozen=True)
-class FalseInfectionFloor:
-    """The most infection (mL) the model called on CT without COVID-19, as its card records it.
-
-    An involvement below it cannot be told from the model's own false infection, so the report says so."""
-
-    ml: float
-    measured_on: tuple[str, ...]  # e.g. ("ctchest4: 16 mL", ...)
-    model: str
-
-    def note(self, infection_ml: float) -> str:
-        """What to say next to the severity (empty when the infection found is above the floor)."""
-        if not infection_ml < self.ml:
-            return ""
-        return (f"The {infection_ml:.1f} mL of infection found is below {self.ml:.0f} mL, the most that model "
-                f"{self.model} called infection on CT without COVID-19 ({', '.join(self.measured_on)}; model "
-                "card): it may be entirely false infection.")
-
-
-#: Card score entries that hold other models' figures (k-fold models, siblings, an earlier stage): not this one's.
-OTHER_MODELS_SCORES = ("cross_validation", "leave_one_source_out", "stage_1")
-
-
-def false_infection_floor(model_name: str, scores: Mapping[str, Any]) -> FalseInfectionFloor | None:
-    """The floor from a model card's scores, wherever they record ``false_infection_ml`` on a CT the model was
-    not trained on (read from the card, not hard-coded: every retrained model measures its own; a CT it trained
-    on would understate it; other models' figures in the card, such as the k-fold models', are not its own)
-    and whose geometry drew no warning (a CT the tool already warns about, such as
-    5 mm pixels, says nothing about the CT it accepts); None if they never do."""
-    found: dict[str, float] = {}
-
-    def visit(name: str, value: object) -> None:
-        if isinstance(value, Mapping):
-            if isinstance(value.get(FALSE_INFECTION_KEY), (int, float)) and not value.get("in_training_data") \
-                    and not value.get("geometry_warnings"):
-                found[name] = float(value[FALSE_INFECTION_KEY])
-            for key, inner in value.items():
-                if key not in OTHER_MODELS_SCORES:
-                    visit(str(key), inner)
-
-    visit("scores", scores)
-    if not found:
-        return None
-    return FalseInfectionFloor(max(found.values()), tuple(f"{k}: {v:.0f} mL" for k, v in found.items()),
-                               model_name)
 
 
 @dataclass(frozen=True)
@@ -237,6 +207,8 @@ def _html(case: str, result: Quantification, pictures: dict[str, bytes], sources
         for name, f in (("Left lung", result.left), ("Right lung", result.right), ("Both lungs", result.total)))
     class_headers = "<th>Ground-glass opacity (mL)</th><th>Consolidation (mL)</th>" if split else ""
     warnings = "".join(f"<li>{html.escape(w)}</li>" for w in result.warnings)
+    # "bilateral" describes disease: infection the floor calls indistinguishable from false infection is not
+    bilateral = ", bilateral" if result.bilateral and result.severity != "CT-0" else ""
     legend = "ground-glass opacity yellow, consolidation purple" if split else "infection red"
     images = "".join(
         f'<figure><img alt="{name[:-4]}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
@@ -250,18 +222,35 @@ figure{{display:inline-block;margin:0.5em}}img{{max-width:34em;background:#000}}
 .severity{{font-size:1.4em}}.note{{color:#a33}}</style></head>
 <body><h1>CovidSeg report: {html.escape(case)}</h1>
 <p class="severity" id="severity">Severity <b>{result.severity}</b>: {number(result.total.involvement_percent)}% of
-both lungs involved{", bilateral" if result.bilateral else ""}.</p>
-<p class="note">{html.escape(result.severity_note)}. Categories (MosMedData): CT-0 no involvement, CT-1 under 25%,
-CT-2 25% to under 50%, CT-3 50% to 75%, CT-4 over 75%.</p>
+both lungs involved{bilateral}.</p>
+<p id="severity-reason">{html.escape(result.severity_reason)}.</p>
+<p class="note">{html.escape(result.severity_note)}. Categories (MosMedData): {CATEGORY_BANDS}; infection
+within what the model finds on CT without COVID-19 is CT-0.</p>
 {f'<p class="note" id="false-infection">{html.escape(floor_note)}</p>' if floor_note else ""}
 <table id="figures"><tr><th>Region</th><th>Volume (mL)</th><th>Infection (mL)</th>{class_headers}
 <th>Involvement (%)</th><th>Healthy lung mean HU</th><th>Infection mean HU</th></tr>{rows}</table>
 {'<p class="note" id="infection-classes">Ground-glass opacity and consolidation are told apart by density '
  '(see the model card): read them as an estimate.</p>' if split else ""}
+{_aeration_html(result, number)}
 {f"<h2>Warnings</h2><ul>{warnings}</ul>" if warnings else ""}
 <h2>Pictures</h2><p>Left lung blue, right lung green, {legend}; patient right on the image's left.</p>{images}
 <h2>Sources</h2><ul>{source_lines}<li>CovidSeg {__version__}</li></ul></body></html>
 """
+
+
+def _aeration_html(result: Quantification, number) -> str:
+    """The aeration table: mL and % of each lung per density band (nothing without the CT's HU)."""
+    regions = (("Left lung", result.left), ("Right lung", result.right), ("Both lungs", result.total))
+    if any(f.aeration is None for _, f in regions):
+        return ""
+    headers = "".join(f"<th>{html.escape(name)}</th>" for _, name, _, _ in BANDS)
+    rows = "".join(
+        f"<tr><th>{name}</th>" + "".join(
+            f"<td>{number(f.aeration.ml(band), 0)} mL ({number(f.aeration.percent(band))}%)</td>" for band in BAND_KEYS)
+        + "</tr>" for name, f in regions)
+    return (f'<h2>Aeration by density</h2><table id="aeration"><tr><th>Region</th>{headers}</tr>{rows}</table>'
+            f'<p class="note" id="aeration-note">{html.escape(AERATION_NOTE)} Well-aerated lung as a share of the '
+            f'lung (%WAL): {number(result.total.aeration.well_aerated_percent)}% of both lungs.</p>')
 
 
 def write_report(ct: Volume, labels: np.ndarray, out_dir: Path, case: str, sources: dict[str, str] | None = None,
@@ -269,13 +258,13 @@ def write_report(ct: Volume, labels: np.ndarray, out_dir: Path, case: str, sourc
                  ) -> tuple[dict[str, Path], Quantification]:
     """``report.json``, ``case.csv``, ``axial.png``, ``coronal.png``, ``sagittal.png`` and ``report.html``.
 
-    ``floor`` (from the model card) adds a note next to the severity when the infection found is below what the
-    model calls infection on CT without COVID-19. Returns the written paths and the figures (for a cohort
-    table)."""
+    ``floor`` (from the model card, :func:`floor_of_card`): infection within what the model calls infection on
+    CT without COVID-19 is CT-0, and a note next to the severity says so. Returns the written paths and the
+    figures (for a cohort table)."""
     if labels.shape != ct.array.shape:
         raise ValueError(f"labels {labels.shape} and CT {ct.array.shape} are not on the same grid")
     sources = dict(sources or {})
-    result = quantify(labels, ct.geometry, ct.array)
+    result = quantify(labels, ct.geometry, ct.array, floor)
     pictures, planes = qc_pictures(ct, labels)
     floor_note = floor.note(result.total.infection_ml) if floor is not None else ""
     out_dir = Path(out_dir)
