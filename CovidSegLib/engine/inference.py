@@ -4,8 +4,10 @@ Work is kept small rather than made fast: slices without enclosed air are skippe
 runs on slices about 2.5 mm apart and the slices between get interpolated logits, the next batch is prepared on
 a worker thread while the network runs, and the
 outputs are held as two boolean volumes (no float copies of the CT). The network's image is made from HU by the
-model card's preprocessing, the code training uses too (:mod:`CovidSegLib.engine.representation`); a clahe model sees
-whole slices, as its training corpus did, so the body crop applies to window-mode models only.
+model card's preprocessing, the code training uses too (:mod:`CovidSegLib.engine.representation`). An anatomy model
+sees every slice on the canvas of :mod:`CovidSegLib.engine.canvas` (one placement per volume, by its spacing,
+centred on the body) and its logits are brought back to the slice grid through the same placement; a clahe model
+sees whole slices, as its training corpus did; the body crop applies to window-mode models only.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from .model import LoadedModel
 from ..io.orientation import from_canonical, to_canonical
 from ..checks.plausibility import no_lung_finding
 from .postprocess import postprocess
+from .canvas import Placement, volume_placement
 from .preprocessing import BodySample, Box, body_box, candidate_slices
 from .representation import network_input, represent
 from ..io.volume import Geometry, Volume
@@ -37,6 +40,8 @@ DEFAULT_BATCH = {"cuda": 32, "mps": 8, "cpu": 8}
 #: slice thickness many 2D COVID-19 pipelines work at.
 INFERRED_SLICE_GAP_MM = 2.5
 AIR_HU = -1024
+#: Logit given to the slice where it reaches past an anatomy model's canvas: far below any threshold.
+OFF_CANVAS_LOGIT = -30.0
 
 
 @dataclass(frozen=True)
@@ -144,13 +149,32 @@ class SliceSegmenter:
         self.lungs_channel = self.card.output_index("lungs")
         self.infection_channel = self.card.output_index("infection")
 
-    def prepare(self, slices_hu: np.ndarray, box: Box) -> "torch.Tensor":  # noqa: F821
+    @property
+    def on_canvas(self) -> bool:
+        """Whether the card's representation is the anatomy canvas (frames are :class:`Placement`)."""
+        return self.card.preprocessing.mode == "anatomy"
+
+    def frame_for_volume(self, hu: np.ndarray, pixel_mm: tuple[float, float]) -> "Box | Placement":
+        """The frame of every slice of a canonical volume: its canvas placement for an anatomy model, else the
+        whole slice (the body crop of window-mode models is the caller's)."""
+        if self.on_canvas:
+            preprocessing = self.card.preprocessing
+            return volume_placement(hu, pixel_mm, preprocessing.canvas_size, preprocessing.canvas_pixel_mm)
+        return whole_slice_box(hu.shape[1:])
+
+    def prepare(self, slices_hu: np.ndarray, box: "Box | Placement") -> "torch.Tensor":  # noqa: F821
         """The network input of a stack of HU slices, on the CPU: the card's representation, then resized.
 
-        ``box`` is the square the results are pasted back into; a clahe model needs the whole slice
-        (:func:`whole_slice_box`), which its representation pads to a square itself.
+        ``box`` is the frame the results go back into: the canvas placement for an anatomy model; for a clahe
+        model the whole slice (:func:`whole_slice_box`), which its representation pads to a square itself.
         """
         preprocessing = self.card.preprocessing
+        if self.on_canvas:
+            from .anatomy import anatomy_network_input, render_hu
+
+            if not isinstance(box, Placement):
+                raise ValueError("an anatomy model places slices on its canvas: its frame is a Placement")
+            return anatomy_network_input(render_hu(slices_hu, box, preprocessing), np.ones(len(slices_hu), bool))
         if preprocessing.mode == "clahe":
             if box != whole_slice_box(slices_hu.shape[-2:]):
                 raise ValueError("a clahe model runs on whole slices, not on a crop")
@@ -159,8 +183,15 @@ class SliceSegmenter:
             images = represent(box.crop(slices_hu, fill=AIR_HU), preprocessing)
         return self.prepare_images(images)
 
-    def prepare_images(self, images: np.ndarray) -> "torch.Tensor":  # noqa: F821
-        """The network input of 8-bit images already in the model's representation (e.g. corpus slices)."""
+    def prepare_images(self, images: np.ndarray, placement: Placement | None = None) -> "torch.Tensor":  # noqa: F821
+        """The network input of 8-bit images already in the model's representation (e.g. corpus slices); an
+        anatomy model takes them as its structure channel, placed by ``placement``, without density."""
+        if self.on_canvas:
+            from .anatomy import anatomy_network_input, render_structure_only
+
+            if placement is None:
+                raise ValueError("an anatomy model needs the placement of 8-bit images on its canvas")
+            return anatomy_network_input(render_structure_only(images, placement), np.zeros(len(images), bool))
         return network_input(images, self.card.input_size)
 
     def logits(self, batch: "torch.Tensor") -> "torch.Tensor":  # noqa: F821
@@ -180,6 +211,26 @@ class SliceSegmenter:
                                                        align_corners=False)
         masks = (resized > _logit(self.card.threshold)).numpy()
         return masks[:, 0], masks[:, 1]
+
+    def masks_on_slices(self, logits: "torch.Tensor", frame: "Box | Placement",  # noqa: F821
+                        shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """Lung and infection masks ``[n, rows, cols]`` on the slice grid ``shape`` for logits made in ``frame``."""
+        if isinstance(frame, Placement):
+            cut = _logit(self.card.threshold)
+            values = logits.numpy()
+            lungs = np.zeros((len(values),) + tuple(shape), bool)
+            infection = np.zeros_like(lungs)
+            for index, (lung_logits, infection_logits) in enumerate(values):
+                lungs[index] = frame.from_canvas(lung_logits, shape, OFF_CANVAS_LOGIT) > cut
+                infection[index] = frame.from_canvas(infection_logits, shape, OFF_CANVAS_LOGIT) > cut
+            return lungs, infection
+        crops = self.masks(logits, frame.side)
+        out = []
+        for crop in crops:
+            full = np.zeros((len(crop),) + tuple(shape), bool)
+            frame.paste(crop, full)
+            out.append(full)
+        return out[0], out[1]
 
     def predict(self, batch: "torch.Tensor", side: int) -> tuple[np.ndarray, np.ndarray]:  # noqa: F821
         """Lung and infection masks at crop resolution for one prepared batch."""
@@ -267,7 +318,8 @@ def interpolate_logits(logits: "torch.Tensor", between: np.ndarray) -> "torch.Te
     return logits[below] * (1 - weight) + logits[above] * weight
 
 
-def run_network(segmenter: "SliceSegmenter", hu: np.ndarray, indices: np.ndarray, box: Box, prefetch: bool,
+def run_network(segmenter: "SliceSegmenter", hu: np.ndarray, indices: np.ndarray, box: "Box | Placement",
+                prefetch: bool,
                 report: Callable[[float], None]) -> "torch.Tensor":  # noqa: F821
     """Logits ``[len(indices), 2, size, size]`` of the given canonical slices; the next batch is cropped and
     resized on a worker thread while the network runs (when ``prefetch``)."""
@@ -288,13 +340,16 @@ def run_network(segmenter: "SliceSegmenter", hu: np.ndarray, indices: np.ndarray
     return logits
 
 
-def paste_masks(segmenter: "SliceSegmenter", logits: "torch.Tensor", indices: np.ndarray, box: Box,  # noqa: F821
-                lungs: np.ndarray, infection: np.ndarray) -> None:
-    """Threshold logits at crop resolution and write them into the canonical volumes at ``indices``."""
-    lung_crops, infection_crops = segmenter.masks(logits, box.side)
+def paste_masks(segmenter: "SliceSegmenter", logits: "torch.Tensor", indices: np.ndarray,  # noqa: F821
+                frame: "Box | Placement", lungs: np.ndarray, infection: np.ndarray) -> None:
+    """Threshold logits on the slice grid and write them into the canonical volumes at ``indices``."""
+    if isinstance(frame, Placement):
+        lungs[indices], infection[indices] = segmenter.masks_on_slices(logits, frame, lungs.shape[1:])
+        return
+    lung_crops, infection_crops = segmenter.masks(logits, frame.side)
     lung_block, infection_block = lungs[indices], infection[indices]
-    box.paste(lung_crops, lung_block)
-    box.paste(infection_crops, infection_block)
+    frame.paste(lung_crops, lung_block)
+    frame.paste(infection_crops, infection_block)
     lungs[indices], infection[indices] = lung_block, infection_block
 
 
@@ -316,11 +371,13 @@ def segment_volume(
     hu = canonical.array
     pixel_mm = float(np.mean(canonical.geometry.spacing[:2]))
     crop_to_body = switches.crop_to_body and model.card.preprocessing.crop == "body"
-    box = body_box(hu, pixel_mm) if crop_to_body else whole_slice_box(hu.shape[1:])
     body = BodySample.of(hu, pixel_mm)
     slices = candidate_slices(hu, body, pixel_mm) if switches.skip_slices_without_air else np.arange(hu.shape[0])
     segmenter = SliceSegmenter(model, select_device(device), batch_size, switches.channels_last,
                                switches.int8_on_cpu)
+    spacing = canonical.geometry.spacing
+    box = body_box(hu, pixel_mm) if crop_to_body else \
+        segmenter.frame_for_volume(hu, (float(spacing[1]), float(spacing[0])))
     lungs = np.zeros(hu.shape, dtype=bool)
     infection = np.zeros(hu.shape, dtype=bool)
     analysed = time.perf_counter()
@@ -343,7 +400,6 @@ def segment_volume(
         paste_masks(segmenter, interpolate_logits(logits, chunk), chunk[:, 0].astype(int), box, lungs, infection)
         report(0.8 + 0.1 * min(start + chunk_size, len(between)) / len(between))
     network_done = time.perf_counter()
-    spacing = canonical.geometry.spacing
     pixel_rows_cols = (float(spacing[1]), float(spacing[0]))
     floor = model.card.floor_rule()
     if floor is not None:

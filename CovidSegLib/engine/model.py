@@ -65,7 +65,7 @@ class ModelCard:
 
     def to_json(self) -> str:
         document = asdict(self)
-        document["preprocessing"] = asdict(self.preprocessing)
+        document["preprocessing"] = self.preprocessing.recorded()
         return json.dumps(document, indent=2) + "\n"
 
     @classmethod

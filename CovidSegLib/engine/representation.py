@@ -17,7 +17,12 @@ range (measured on the three HU slices: padding the corners with -3024 moves the
 levels on average, the clipped one by 5, what the corners' new content moves it by itself).
 :data:`RADIOPAEDIA_CLIP` is how the corpus' radiopaedia half was made; training renders HU sources both ways.
 
-Two modes, named in the model card's ``preprocessing.mode``:
+Three modes, named in the model card's ``preprocessing.mode``:
+
+- ``anatomy``: every slice on a canvas of fixed physical scale centred on the body
+  (:mod:`CovidSegLib.engine.canvas`), seen as two images: the corpus' CLAHE transform made on the canvas, and a
+  fixed HU window, so that absolute density reaches the network; a third channel says whether the HU window is
+  there (the corpus' 8-bit images have none). :mod:`CovidSegLib.engine.anatomy` renders it.
 
 - ``clahe``: the corpus transform on whole slices (no body crop; CLAHE's tiles must see the slice as the corpus
   did), always 256x256; the network input is then resized to the card's input size.
@@ -40,7 +45,9 @@ if TYPE_CHECKING:
 CLAHE_SIZE = 256
 CLAHE_CLIP_LIMIT = 7.0
 CLAHE_TILES = 8
-MODES = ("clahe", "window")
+MODES = ("anatomy", "clahe", "window")
+#: Settings of the anatomy mode only (:meth:`Preprocessing.recorded`).
+ANATOMY_FIELDS = ("canvas_size", "canvas_pixel_mm", "hu_window")
 #: The product's HU clip: air to the top of a 12-bit CT's range.
 AIR_TO_METAL: tuple[float, float] = (-1024.0, 3071.0)
 #: The clip the corpus' radiopaedia half went through before its min-max.
@@ -58,13 +65,32 @@ class Preprocessing:
     clahe_size: int = CLAHE_SIZE
     clahe_clip_limit: float = CLAHE_CLIP_LIMIT
     clahe_tiles: int = CLAHE_TILES
+    #: anatomy mode: the canvas' side in pixels and its pixel size (mm), and the HU window of the density channel
+    canvas_size: int = 256
+    canvas_pixel_mm: float = 1.6
+    hu_window: tuple[float, float] = (-1024.0, 300.0)
+
+    def recorded(self) -> dict:
+        """The settings as the card stores them: the canvas and density fields only for the anatomy mode, so that
+        the cards of the other modes read as they did before those fields existed."""
+        from dataclasses import asdict
+
+        fields = asdict(self)
+        if self.mode != "anatomy":
+            for name in ANATOMY_FIELDS:
+                fields.pop(name)
+        return fields
 
     def problem(self) -> str | None:
         """What in these settings this version cannot honour (None when all is well)."""
         if self.mode not in MODES:
             return f"unknown preprocessing mode {self.mode!r} (this CovidSeg knows {', '.join(MODES)})"
-        if self.mode == "clahe" and self.crop != "none":
-            return "clahe preprocessing runs on whole slices: its crop must be 'none'"
+        if self.mode in ("clahe", "anatomy") and self.crop != "none":
+            return f"{self.mode} preprocessing runs on whole slices: its crop must be 'none'"
+        if self.mode == "anatomy" and not (self.canvas_size >= 32 and self.canvas_pixel_mm > 0
+                                           and self.hu_window[0] < self.hu_window[1]):
+            return (f"anatomy preprocessing needs a canvas of at least 32 pixels, a positive pixel size and a HU "
+                    f"window LOW < HIGH, got {self.canvas_size}, {self.canvas_pixel_mm}, {self.hu_window}")
         if self.crop not in ("body", "none"):
             return f"unknown crop {self.crop!r} (body or none)"
         if self.clip_hu is not None and not self.clip_hu[0] < self.clip_hu[1]:
@@ -119,6 +145,8 @@ def represent(slices: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
     problem = preprocessing.problem()
     if problem:
         raise ValueError(problem)
+    if preprocessing.mode == "anatomy":
+        raise ValueError("an anatomy model places slices by their spacing: CovidSegLib.engine.anatomy renders them")
     if preprocessing.mode == "clahe":
         return clahe_slices(slices, preprocessing)
     return windowed_slices(slices, preprocessing.window)

@@ -7,7 +7,9 @@ resizing and thresholding of :class:`CovidSegLib.engine.inference.SliceSegmenter
 already in the model's representation (the corpus' CLAHE images) are fed as they are (``represented``): a second
 CLAHE would change them. Slices are used whole, without the body crop: a body box cannot be found reliably on
 slices whose contrast was enhanced (CLAHE turns the air around the patient into noise as bright as tissue), and
-crops around the lungs have no body outline at all.
+crops around the lungs have no body outline at all. An anatomy model places each slice on its canvas by its own
+body (:func:`CovidSegLib.engine.canvas.slice_placement`): by the pixel size the caller gives, else by the estimate
+from the body's width, so a crop around the lungs is brought to the scale of a whole slice.
 
 Predicted masks are written as 0/255 PNGs in ``OUT/lungs/`` and ``OUT/infection/`` under each slice's name, the
 layout :mod:`CovidSegLib.slices.evaluation` reads back.
@@ -119,15 +121,37 @@ def read_slices(folder: str | Path, window: tuple[float, float]) -> list[SliceIm
     return [read_slice(path, window) for path in slice_files(folder)]
 
 
+def canvas_masks(segmenter, stack: np.ndarray, represented: bool, pixel_mm: float | None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Masks ``[n, rows, cols]`` of equal-shape slices by an anatomy model, each placed on the canvas by its own
+    body: HU slices by their HU body, 8-bit images in the representation by their 8-bit body."""
+    import torch
+
+    from ..engine.canvas import body_mask_8bit, slice_placement
+    from ..engine.preprocessing import body_mask_2d
+
+    preprocessing = segmenter.card.preprocessing
+    spacing = None if pixel_mm is None else (pixel_mm, pixel_mm)
+    placements = [slice_placement(body_mask_8bit(s) if represented else body_mask_2d(s), spacing,
+                                  preprocessing.canvas_size, preprocessing.canvas_pixel_mm) for s in stack]
+    batch = torch.cat([segmenter.prepare_images(s[None], p) if represented else segmenter.prepare(s[None], p)
+                       for s, p in zip(stack, placements)])
+    logits = segmenter.logits_with_retry(batch)
+    masks = [segmenter.masks_on_slices(logits[i:i + 1], p, stack.shape[1:]) for i, p in enumerate(placements)]
+    return np.concatenate([m[0] for m in masks]), np.concatenate([m[1] for m in masks])
+
+
 def predict_slices(segmenter, slices_hu: Iterable[np.ndarray], batch_size: int = 32,
                    progress: Callable[[float], bool] | None = None, postprocess: bool = True,
-                   represented: bool = False) -> tuple[list[np.ndarray], list[np.ndarray]]:
+                   represented: bool = False, pixel_mm: float | None = None
+                   ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Lung and infection masks at each slice's own size; slices of equal shape share network calls.
 
     Non-square slices are padded to a square, as the representation pads them. With ``postprocess``,
     :func:`CovidSegLib.engine.postprocess.postprocess_slice` cleans slices that show a body outline. ``represented``:
     the slices are 8-bit square images already in the model's representation, fed as they are (no HU, so no
-    post-processing). ``progress(fraction)`` returning True cancels (raises :class:`Cancelled`).
+    post-processing). ``pixel_mm``: the slices' pixel size, where known (an anatomy model estimates it
+    otherwise). ``progress(fraction)`` returning True cancels (raises :class:`Cancelled`).
     """
     slices_hu = list(slices_hu)
     lungs: list[np.ndarray] = [np.zeros(0, bool)] * len(slices_hu)
@@ -141,15 +165,16 @@ def predict_slices(segmenter, slices_hu: Iterable[np.ndarray], batch_size: int =
         for start in range(0, len(indices), batch_size):
             chunk = indices[start:start + batch_size]
             stack = np.stack([slices_hu[i] for i in chunk])
-            if represented and shape[0] != shape[1]:
-                raise ValueError(f"slices in the model's representation are square, not {shape}")
-            batch = segmenter.prepare_images(stack) if represented else segmenter.prepare(stack, whole)
-            lung_crop, infection_crop = segmenter.predict(batch, whole.side)
+            if segmenter.on_canvas:
+                chunk_lungs, chunk_infection = canvas_masks(segmenter, stack, represented, pixel_mm)
+            else:
+                if represented and shape[0] != shape[1]:
+                    raise ValueError(f"slices in the model's representation are square, not {shape}")
+                batch = segmenter.prepare_images(stack) if represented else segmenter.prepare(stack, whole)
+                chunk_lungs, chunk_infection = segmenter.masks_on_slices(segmenter.logits_with_retry(batch), whole,
+                                                                         shape)
             for position, index in enumerate(chunk):
-                lungs[index] = np.zeros(shape, bool)
-                infection[index] = np.zeros(shape, bool)
-                whole.paste(lung_crop[position], lungs[index])
-                whole.paste(infection_crop[position], infection[index])
+                lungs[index], infection[index] = chunk_lungs[position], chunk_infection[position]
                 if postprocess and not represented:
                     lungs[index], infection[index] = postprocess_slice(lungs[index], infection[index],
                                                                        slices_hu[index])

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 from typing import Sequence
 
 
@@ -22,7 +23,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m CovidSegLib.t
                         help="train all `folds` folds by patient and summarise their validation Dice")
     args = parser.parse_args(argv)
     config = TrainConfig.from_file(args.config)
-    cross_validate(config) if args.cross_validate else train(config)
+    log = functools.partial(print, flush=True)  # a run logged to a file (nohup) shows each epoch as it ends
+    cross_validate(config, log=log) if args.cross_validate else train(config, log=log)
     return 0
 
 

@@ -9,6 +9,11 @@ Resolution: some slices are shrunk and enlarged again (bilinear), so coarse CT (
 CTChest sample, or thick-slice reconstructions) looks familiar; blur covers smooth kernels and thick slices.
 Lesions (off by default, a study): another slice's infection pasted into this slice's lungs, so that a lesion is
 seen over other patients' lungs, CTs without COVID-19 included, not only over the lung it came with.
+Anatomy inputs (structure, density, density-present; CovidSegLib.engine.anatomy): geometry moves the two images
+together; the intensity jitter that stands for other scanners' contrast applies to the structure image only, since
+the density image is absolute HU and must stay so (it gets a small offset of a few HU, noise and the resolution
+changes); the flag is never resampled. ``density_dropout`` hides the density of that share of the slices with
+no infection labelled, so that the structure image alone also learns what is not infection.
 """
 
 from __future__ import annotations
@@ -40,6 +45,10 @@ class AugmentConfig:
     #: share of the slices that get another slice's infection pasted into their lungs (0: off; no random number
     #: is drawn for it then, so runs recorded without it resume bit for bit)
     copy_paste_probability: float = 0.0
+    #: anatomy inputs: the density channel's offset (a share of its window: 0.02 of 1324 HU is about 26 HU)
+    density_offset: float = 0.02
+    #: anatomy inputs: share of the slices labelled without infection whose density channel is hidden
+    density_dropout: float = 0.0
 
 
 #: the masks' channels, in the order training stacks them
@@ -49,7 +58,10 @@ LUNGS, INFECTION = MASK_OUTPUTS.index("lungs"), MASK_OUTPUTS.index("infection")
 def augment(images: torch.Tensor, masks: torch.Tensor, config: AugmentConfig, generator: torch.Generator,
             labelled: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Augment ``images`` ``[n, 1, h, w]`` in 0..1 and their ``masks`` ``[n, c, h, w]`` in 0/1 together;
-    ``labelled`` ``[n, c]`` (which masks are known) is needed for lesion pasting only."""
+    ``labelled`` ``[n, c]`` (which masks are known) is needed for lesion pasting only. Anatomy inputs
+    ``[n, 3, h, w]`` go through :func:`augment_anatomy`."""
+    if images.shape[1] == 3:
+        return augment_anatomy(images, masks, config, generator, labelled)
     n = images.shape[0]
     if config.copy_paste_probability > 0 and labelled is not None:
         images, masks = paste_lesions(images, masks, labelled, config.copy_paste_probability, generator)
@@ -129,3 +141,50 @@ def paste_lesions(images: torch.Tensor, masks: torch.Tensor, labelled: torch.Ten
     masks = masks.clone()
     masks[:, INFECTION:INFECTION + 1] = torch.maximum(masks[:, INFECTION:INFECTION + 1], region)
     return images, masks
+
+
+def augment_anatomy(images: torch.Tensor, masks: torch.Tensor, config: AugmentConfig, generator: torch.Generator,
+                    labelled: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`augment` for anatomy inputs ``[n, 3, h, w]`` (structure, density, density present): one geometry for
+    both images and the masks, the contrast jitter on the structure image only, and the flag kept as it was."""
+    n = images.shape[0]
+
+    def uniform(low: float, high: float, size: int = n) -> torch.Tensor:
+        return torch.rand(size, generator=generator) * (high - low) + low
+
+    present = images[:, 2:3, :1, :1].clone()
+    angle = uniform(-config.rotation_degrees, config.rotation_degrees) * math.pi / 180
+    scale = 1.0 / uniform(*config.zoom)
+    flip = torch.where(torch.rand(n, generator=generator) < config.flip_probability, -1.0, 1.0)
+    cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
+    theta = torch.stack([
+        torch.stack([cos * flip, -sin, uniform(-config.shift, config.shift)], dim=1),
+        torch.stack([sin * flip, cos, uniform(-config.shift, config.shift)], dim=1),
+    ], dim=1)
+    grid = F.affine_grid(theta, [n, 2, *images.shape[-2:]], align_corners=False)
+    if config.elastic > 0:
+        coarse = torch.randn((n, 2, 5, 5), generator=generator) * config.elastic
+        field = F.interpolate(coarse, size=images.shape[-2:], mode="bicubic", align_corners=True)
+        grid = grid + field.permute(0, 2, 3, 1)
+    moved = F.grid_sample(images[:, :2], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    masks = (F.grid_sample(masks, grid, mode="bilinear", padding_mode="zeros", align_corners=False) > 0.5).float()
+    structure, density = moved[:, :1], moved[:, 1:2]
+
+    low = uniform(-config.window_jitter, config.window_jitter).view(n, 1, 1, 1)
+    high = 1 + uniform(-config.window_jitter, config.window_jitter).view(n, 1, 1, 1)
+    structure = ((structure - low) / (high - low)).clamp(0, 1)
+    structure = structure ** uniform(*config.gamma).view(n, 1, 1, 1)
+    structure = structure * uniform(*config.contrast).view(n, 1, 1, 1) + uniform(
+        -config.brightness, config.brightness).view(n, 1, 1, 1)
+    density = density + uniform(-config.density_offset, config.density_offset).view(n, 1, 1, 1)
+    both = _lower_resolution(torch.cat([structure, density], dim=1), config, generator)
+    blur = (torch.rand(n, generator=generator) < config.blur_probability).view(n, 1, 1, 1)
+    both = torch.where(blur, F.avg_pool2d(both, 3, stride=1, padding=1), both)
+    sigma = uniform(0, config.noise_sigma).view(n, 1, 1, 1)
+    both = (both + torch.randn(both.shape, generator=generator) * sigma).clamp(0, 1)
+    if config.density_dropout > 0 and labelled is not None:
+        no_infection = labelled[:, INFECTION].bool() & (masks[:, INFECTION].flatten(1).amax(dim=1) == 0)
+        hidden = (torch.rand(n, generator=generator) < config.density_dropout) & no_infection
+        present = torch.where(hidden.view(n, 1, 1, 1), torch.zeros_like(present), present)
+    present = present.expand(-1, 1, *images.shape[-2:])
+    return torch.cat([both[:, :1], both[:, 1:2] * present, present], dim=1), masks

@@ -46,17 +46,25 @@ class SliceSet:
     names: list[str]
     #: patient group per slice, for splits by patient; NO_PATIENT where the source has no patient ids
     groups: list[str]
+    #: anatomy representation: which slices have HU (their density channel), ``[n]`` bool; images are then
+    #: ``[n, 2, h, w]`` (structure, density). None for the single-image representations.
+    has_density: np.ndarray | None = None
 
     def subset(self, indices: np.ndarray) -> "SliceSet":
         return SliceSet(self.images[indices], self.lungs[indices], self.infection[indices],
                         self.has_lungs[indices], self.has_infection[indices], [self.names[i] for i in indices],
-                        [self.groups[i] for i in indices])
+                        [self.groups[i] for i in indices],
+                        None if self.has_density is None else self.has_density[indices])
 
     @staticmethod
     def concatenate(sets: list["SliceSet"]) -> "SliceSet":
+        density = [s.has_density for s in sets]
+        if any(d is None for d in density) and not all(d is None for d in density):
+            raise ValueError("slices of the anatomy representation cannot be mixed with single-image slices")
         return SliceSet(*(np.concatenate([getattr(s, f) for s in sets]) for f in
                           ("images", "lungs", "infection", "has_lungs", "has_infection")),
-                        [n for s in sets for n in s.names], [g for s in sets for g in s.groups])
+                        [n for s in sets for n in s.names], [g for s in sets for g in s.groups],
+                        None if density[0] is None else np.concatenate(density))
 
 
 def _read_gray(path: Path) -> np.ndarray:
@@ -110,6 +118,16 @@ def load_medseg(root: Path, preprocessing: Preprocessing, window: tuple[float, f
     with ``infection_masks/N.png``; no lung masks."""
     root = Path(root)
     names = sorted((p.stem for p in (root / "images").glob("*.jpg")), key=int)
+    if preprocessing.mode == "anatomy":
+        from .canvas_slices import hu_slices_on_canvas
+
+        parts = []
+        for name in names:
+            hu = eight_bit_to_hu(_read_gray(root / "images" / f"{name}.jpg")[None], window)
+            mask = read_mask_image(root / "infection_masks" / f"{name}.png")[None]
+            parts.append(hu_slices_on_canvas(hu, np.zeros_like(mask), mask, None, preprocessing, [f"medseg/{name}"],
+                                             NO_PATIENT, has_lungs=False, has_infection=True))
+        return SliceSet.concatenate(parts)
     images, infection = [], []
     for name in names:
         image = _read_gray(root / "images" / f"{name}.jpg")
@@ -151,6 +169,8 @@ def load_npz_slices(folder: Path, preprocessing: Preprocessing, window: tuple[fl
     8-bit images are taken as exports of ``window``. Lungs are labelled, infection is not. Each slice is also
     rendered with every preprocessing of ``variants`` (augmentation: e.g. with and without the HU clip).
     """
+    if preprocessing.mode == "anatomy":
+        return _npz_on_canvas(Path(folder), preprocessing, window)
     images, lungs, names = [], [], []
     for path in sorted(Path(folder).glob("*.npz")):
         with np.load(path) as data:
@@ -166,3 +186,23 @@ def load_npz_slices(folder: Path, preprocessing: Preprocessing, window: tuple[fl
     groups = [re.sub(r"_slice\d+$", "", name) for name in names]  # ma2020_coronacases_001_slice098: one case
     empty = np.zeros((n, CLAHE_SIZE, CLAHE_SIZE), bool)
     return SliceSet(np.stack(images), np.stack(lungs), empty, np.ones(n, bool), np.zeros(n, bool), names, groups)
+
+
+def _npz_on_canvas(folder: Path, preprocessing: Preprocessing, window: tuple[float, float]) -> SliceSet:
+    """:func:`load_npz_slices` in the anatomy representation: each slice placed by its body (no spacing is stored);
+    the experts' infection is labelled where the file has it (``infection_mask``), else only the lungs."""
+    from .canvas_slices import hu_slices_on_canvas
+
+    parts = []
+    for path in sorted(folder.glob("*.npz")):
+        with np.load(path) as data:
+            image, mask = np.rot90(data["image"]), np.rot90(data["lung_mask"] > 0)
+            infection = np.rot90(data["infection_mask"] > 0) if "infection_mask" in data.files else None
+        hu = eight_bit_to_hu(image, window) if image.dtype == np.uint8 else image
+        parts.append(hu_slices_on_canvas(
+            hu[None], mask[None], (infection if infection is not None else np.zeros_like(mask))[None], None,
+            preprocessing, [f"npz/{path.stem}"], re.sub(r"_slice\d+$", "", f"npz/{path.stem}"), has_lungs=True,
+            has_infection=infection is not None))
+    if not parts:
+        raise FileNotFoundError(f"{folder}: no .npz slices")
+    return SliceSet.concatenate(parts)

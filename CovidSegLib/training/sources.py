@@ -31,6 +31,10 @@ def load_sources(config) -> tuple[list[SliceSet], SliceSet | None]:
     preprocessing, variants, window = config.preprocessing(), config.hu_variants(), tuple(config.window)
     if config.corpus:
         corpus = load_slice_corpus(Path(config.corpus).expanduser())
+        if preprocessing.mode == "anatomy":
+            from .canvas_slices import corpus_on_canvas
+
+            corpus = corpus_on_canvas(corpus, preprocessing)
         split = read_split()
         parts.append(corpus.subset(split_indices(split, "train")))
         corpus_validation = corpus.subset(split_indices(split, "validation"))
@@ -39,11 +43,13 @@ def load_sources(config) -> tuple[list[SliceSet], SliceSet | None]:
         parts.append(medseg_blocks(medseg, config.folds) if medseg_validates(config) else medseg)
     if config.npz_slices:
         parts.append(load_npz_slices(Path(config.npz_slices).expanduser(), preprocessing, window, variants))
+    renderings = config.hu_renderings() if preprocessing.mode == "anatomy" else None
     if config.volumes:
-        parts.append(load_volume_slices(config.volumes, preprocessing, config.label_map, variants))
+        parts.append(load_volume_slices(config.volumes, preprocessing, config.label_map, variants,
+                                        renderings=renderings))
     for folder, label_map in config.healthy_folders():
         parts.append(load_volume_slices(folder, preprocessing, label_map, variants, healthy=True,
-                                        thick_mm=config.healthy_thick_slices_mm))
+                                        thick_mm=config.healthy_thick_slices_mm, renderings=renderings))
     if not parts:
         raise ValueError("no training data: set corpus, medseg, npz_slices, volumes and/or healthy_volumes in the "
                          "configuration")
@@ -87,7 +93,7 @@ def medseg_blocks(medseg: SliceSet, folds: int) -> SliceSet:
     groups = [f"{MEDSEG_BLOCK}{block}" for block, indices in enumerate(np.array_split(np.arange(len(medseg.names)),
                                                                                         folds)) for _ in indices]
     return SliceSet(medseg.images, medseg.lungs, medseg.infection, medseg.has_lungs, medseg.has_infection,
-                    medseg.names, groups)
+                    medseg.names, groups, medseg.has_density)
 
 
 def fold_pool(config) -> tuple[SliceSet, dict[str, int]]:

@@ -13,6 +13,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -25,6 +26,9 @@ from .augment import AugmentConfig, augment
 from .data import SliceSet
 from .slices import resize_slices
 from .sources import training_sets
+
+if TYPE_CHECKING:
+    from .canvas_volumes import HuRenderings
 
 OUTPUTS = MASK_OUTPUTS  # the network's outputs are the masks' channels, in this order (augment relies on it)
 
@@ -93,10 +97,24 @@ class TrainConfig:
     channels_last: bool = True
     max_steps_per_epoch: int = 0  # 0: the whole training set each epoch (tests use a few steps)
     augment: dict = field(default_factory=dict)
+    #: the network's representation: "clahe" (whole slices as the corpus made them) or "anatomy" (a canvas of fixed
+    #: physical scale with a structure and a density channel; CovidSegLib.engine.anatomy)
+    representation: str = "clahe"
+    canvas_pixel_mm: float = 1.6  # anatomy: mm per canvas pixel (the canvas is input_size pixels wide)
+    hu_window: tuple[float, float] = (-1024.0, 300.0)  # anatomy: the density channel's HU window
+    #: anatomy: each HU volume also once per count in a random other acquisition (noise, resolution, field of view)
+    acquisitions: int = 0
+    #: anatomy: each CT without COVID-19 also once per count with a random synthetic lesion (training/lesions.py)
+    synthetic_lesions: int = 0
 
     def __post_init__(self) -> None:
         if not 0 < self.infection_miss_weight < 1:
             raise ValueError(f"infection_miss_weight must lie between 0 and 1, not {self.infection_miss_weight}")
+        if self.representation not in ("clahe", "anatomy"):
+            raise ValueError(f"representation must be clahe or anatomy, not {self.representation!r}")
+        if self.representation != "anatomy" and (self.acquisitions or self.synthetic_lesions):
+            raise ValueError("acquisitions and synthetic_lesions render HU on the anatomy canvas: set "
+                             "representation to anatomy")
         if self.healthy_thick_slices_mm < 0:
             raise ValueError(f"healthy_thick_slices_mm must be 0 (off) or a thickness in mm, not "
                              f"{self.healthy_thick_slices_mm}")
@@ -104,7 +122,7 @@ class TrainConfig:
     @classmethod
     def from_file(cls, path: str | Path) -> "TrainConfig":
         document = json.loads(Path(path).read_text(encoding="utf-8"))
-        for key in ("decoder_channels", "window", "clip_hu", "healthy_volumes"):
+        for key in ("decoder_channels", "window", "clip_hu", "healthy_volumes", "hu_window"):
             if document.get(key) is not None:
                 document[key] = tuple(document[key])
         return cls(**document)
@@ -115,14 +133,24 @@ class TrainConfig:
 
     def preprocessing(self) -> Preprocessing:
         """The representation the model is trained in (written into its card)."""
-        return Preprocessing(mode="clahe", window=tuple(self.window), crop="none",
-                             clip_hu=tuple(self.clip_hu) if self.clip_hu is not None else None)
+        clip = tuple(self.clip_hu) if self.clip_hu is not None else None
+        if self.representation == "anatomy":
+            return Preprocessing(mode="anatomy", window=tuple(self.window), crop="none", clip_hu=clip,
+                                 canvas_size=self.input_size, canvas_pixel_mm=self.canvas_pixel_mm,
+                                 hu_window=tuple(self.hu_window))
+        return Preprocessing(mode="clahe", window=tuple(self.window), crop="none", clip_hu=clip)
+
+    def hu_renderings(self) -> "HuRenderings":
+        """The extra renderings of HU volumes (anatomy representation)."""
+        from .canvas_volumes import HuRenderings
+
+        return HuRenderings(self.acquisitions, self.synthetic_lesions, self.seed)
 
     def hu_variants(self) -> tuple[Preprocessing, ...]:
         """Other renderings of HU sources, as augmentation: the radiopaedia half's clip (the corpus mixes both)."""
         from dataclasses import replace
 
-        if not self.render_hu_variants or self.clip_hu == RADIOPAEDIA_CLIP:
+        if not self.render_hu_variants or self.clip_hu == RADIOPAEDIA_CLIP or self.representation == "anatomy":
             return ()
         return (replace(self.preprocessing(), clip_hu=RADIOPAEDIA_CLIP),)
 
@@ -164,6 +192,15 @@ def masked_loss(logits, targets, labelled, miss_weights: tuple[float, ...] | Non
 
 def prepare_arrays(slices: SliceSet, config: TrainConfig):
     masks = np.stack([slices.lungs, slices.infection], axis=1)
+    if slices.has_density is not None:  # anatomy: the canvas is the network's input, nothing is resized
+        from ..engine.anatomy import anatomy_network_input
+
+        if slices.images.shape[-1] != config.input_size:
+            raise ValueError(f"anatomy slices are {slices.images.shape[-1]} pixels, the network's input "
+                             f"{config.input_size}")
+        images, masks = anatomy_network_input(slices.images, slices.has_density).numpy(), masks.astype(np.float32)
+        labelled = np.stack([slices.has_lungs, slices.has_infection], axis=1)
+        return images, masks, labelled
     images, masks = resize_slices(slices.images, masks, config.input_size)
     labelled = np.stack([slices.has_lungs, slices.has_infection], axis=1)
     return images, masks, labelled
@@ -222,7 +259,8 @@ def make_card(config: TrainConfig, scores: dict | None = None, training_data: st
     recorded = {key: value for key, value in asdict(config).items() if key != "out_dir"}
     return ModelCard(
         name=config.name, architecture="Unet", encoder=config.encoder, encoder_depth=config.encoder_depth,
-        decoder_channels=tuple(config.decoder_channels), in_channels=1, input_size=config.input_size,
+        decoder_channels=tuple(config.decoder_channels),
+        in_channels=3 if config.representation == "anatomy" else 1, input_size=config.input_size,
         outputs=OUTPUTS, preprocessing=config.preprocessing(),
         weights_file="", weights_sha256="", training_data=training_data, scores=scores or {},
         licence="Weights: CC BY-NC-SA 4.0 (trained on COVID-19-CT-Seg data, non-commercial research use)",

@@ -26,6 +26,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -37,6 +38,9 @@ from ..io.orientation import to_canonical
 from ..io.reading import read_segmentation, read_volume
 from ..engine.representation import Preprocessing
 from .data import SliceSet, represent_hu, square_masks
+
+if TYPE_CHECKING:
+    from .canvas_volumes import HuRenderings
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 #: Folder names of the COVID-19-CT-Seg layout, lower case; the first that exists is used.
@@ -145,7 +149,7 @@ def _masks_on_ct(path: Path, mapping: LabelMapping | None, ct) -> dict[int, np.n
 
 
 def case_slices(case: VolumeCase, preprocessing: Preprocessing, variants: tuple[Preprocessing, ...] = (),
-                healthy: bool = False, thick_mm: float = 0.0) -> SliceSet:
+                healthy: bool = False, thick_mm: float = 0.0, renderings: "HuRenderings | None" = None) -> SliceSet:
     """Whole axial slices about 2.5 mm apart through the whole volume, in the model's representation (once per
     preprocessing of ``(preprocessing, *variants)``), with the masks on the representation's grid.
 
@@ -153,6 +157,8 @@ def case_slices(case: VolumeCase, preprocessing: Preprocessing, variants: tuple[
     ``thick_mm``: each slice also once more as a thick reconstruction of about that thickness would show it
     (:func:`thick_slabs`), in ``preprocessing``, under the same name (another rendering of the same slice, so
     validation scores only the thin one). Skipped where a slab would be one slice (:func:`slab_half_width`).
+    An anatomy ``preprocessing`` renders the slices on its canvas, with ``renderings`` (other acquisitions and,
+    for a healthy CT, synthetic lesions; :mod:`CovidSegLib.training.canvas_volumes`) instead of ``variants``.
     """
     ct = _read_ct(case.image)
     masks: dict[int, np.ndarray] = {}
@@ -175,6 +181,9 @@ def case_slices(case: VolumeCase, preprocessing: Preprocessing, variants: tuple[
         lungs |= infection  # infection lies in the lung; some masks leave it out of the lung label
     step = max(1, int(round(MIN_SLICE_GAP_MM / float(canonical.geometry.spacing[2]))))
     chosen = np.arange(0, canonical.array.shape[0], step)
+    if preprocessing.mode == "anatomy":
+        return _anatomy_case_slices(case.case, canonical, lungs, infection, has_lungs, has_infection, chosen,
+                                    preprocessing, renderings, healthy, thick_mm)
     images = [represent_hu(canonical.array[chosen], p) for p in (preprocessing, *variants)]
     lung_masks = [square_masks(lungs[chosen])] * len(images)
     infection_masks = [square_masks(infection[chosen])] * len(images)
@@ -188,6 +197,29 @@ def case_slices(case: VolumeCase, preprocessing: Preprocessing, variants: tuple[
     n = len(images)
     return SliceSet(images, np.concatenate(lung_masks), np.concatenate(infection_masks), np.full(n, has_lungs),
                     np.full(n, has_infection), [f"{case.case}/{k}" for k in chosen] * copies, [case.case] * n)
+
+
+def _anatomy_case_slices(case: str, canonical, lungs: np.ndarray, infection: np.ndarray, has_lungs: bool,
+                         has_infection: bool, chosen: np.ndarray, preprocessing: Preprocessing,
+                         renderings: "HuRenderings | None", healthy: bool, thick_mm: float) -> SliceSet:
+    """:func:`case_slices` on the anatomy canvas; a thick rendering, when asked, keeps the scan's placement."""
+    from ..engine.canvas import volume_placement
+    from .canvas_slices import hu_slices_on_canvas
+    from .canvas_volumes import HuRenderings, canvas_case_slices
+
+    spacing = canonical.geometry.spacing
+    spacing_zyx = (float(spacing[2]), float(spacing[1]), float(spacing[0]))
+    parts = [canvas_case_slices(case, canonical.array, spacing_zyx, lungs, infection, has_lungs, has_infection,
+                                chosen, preprocessing, renderings or HuRenderings(), healthy)]
+    half = slab_half_width(thick_mm, spacing_zyx[0])
+    if half:
+        placement = volume_placement(canonical.array, spacing_zyx[1:], preprocessing.canvas_size,
+                                     preprocessing.canvas_pixel_mm)
+        parts.append(hu_slices_on_canvas(
+            thick_slabs(canonical.array, chosen, half), thick_slabs(lungs, chosen, half) >= 0.5,
+            thick_slabs(infection, chosen, half) >= 0.5, placement, preprocessing, [f"{case}/{k}" for k in chosen],
+            case, has_lungs, has_infection))
+    return SliceSet.concatenate(parts)
 
 
 def slab_half_width(thick_mm: float, slice_mm: float) -> int:
@@ -231,7 +263,8 @@ def find_healthy_cases(root: str | Path, label_map: str | None = None) -> list[V
 
 def load_volume_slices(root: str | Path, preprocessing: Preprocessing, label_map: str | None = None,
                        variants: tuple[Preprocessing, ...] = (), healthy: bool = False,
-                       thick_mm: float = 0.0) -> SliceSet:
+                       thick_mm: float = 0.0, renderings: "HuRenderings | None" = None) -> SliceSet:
     """Every case of a volume folder as training slices (see the module docstring for the layouts)."""
     cases = find_healthy_cases(root, label_map) if healthy else find_volume_cases(root, label_map)
-    return SliceSet.concatenate([case_slices(case, preprocessing, variants, healthy, thick_mm) for case in cases])
+    return SliceSet.concatenate([case_slices(case, preprocessing, variants, healthy, thick_mm, renderings)
+                                 for case in cases])

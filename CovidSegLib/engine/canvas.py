@@ -1,0 +1,171 @@
+"""The anatomy canvas: every slice brought to one physical scale on a square of one physical size, centred on the
+body, so that what the network sees depends on the patient and not on the acquisition.
+
+Why: a model that resizes the whole slice to its input sees a patient at a scale set by the field of view, and a
+non-square matrix or a band of padding changes the image it gets (Slicer's CTChest padded by 32 px of air: 84 mL of
+false infection; a 256x128 matrix: lung 6288 -> 931 mL). On the canvas one pixel is always ``pixel_mm`` and the
+canvas centre is the centre of the body's bounding box over the whole volume, so more air around the patient, a
+cropped or non-square matrix and the padding value change nothing but the air at the canvas' edge.
+
+A slice of known pixel size (any HU CT) is placed by its spacing. A slice of unknown pixel size (the corpus' 8-bit
+images, MedSeg's crops, HU slices stored without spacing) is given one from its body's width
+(:func:`estimated_pixel_mm`): the body of a chest spans about :data:`BODY_WIDTH_MM` left to right, or, where the
+body fills the image from side to side (a crop around the lungs), the image is taken to span
+:data:`CROP_WIDTH_MM`. That is an estimate: patients differ in width by about 20 %, which training covers by zoom.
+
+Coordinates: arrays are ``[rows, cols]`` in the display orientation of :mod:`CovidSegLib.io.orientation`'s
+canonical volume; ``pixel_mm`` is ``(row_mm, col_mm)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .preprocessing import ANALYSIS_PIXEL_MM, body_mask_2d
+
+#: Canvas side in pixels and its pixel size: 256 x 1.6 mm = 410 mm, wider than any adult chest's lungs.
+CANVAS_SIZE = 256
+CANVAS_PIXEL_MM = 1.6
+#: Left-right width of the body at the level of the lungs, for slices whose pixel size is unknown: the real HU
+#: chest CTs with known spacing give CTChest 326 mm (median over its lung slices), lungmask's slices 320, the
+#: TotalSegmentator example 330, CIP's TestInput 338, the RICORD CT 360, POPI 408 (arms beside the chest).
+BODY_WIDTH_MM = 330.0
+#: What a crop whose body fills it from side to side spans (MedSeg's crops around the lungs: about 300 mm).
+CROP_WIDTH_MM = 300.0
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where one slice's pixels land on the canvas: a scale per axis and a shift (no rotation).
+
+    ``centre`` is the point of the slice, in pixel coordinates ``(row, col)``, that lands on the canvas centre.
+    """
+
+    centre: tuple[float, float]
+    pixel_mm: tuple[float, float]
+    canvas_size: int = CANVAS_SIZE
+    canvas_pixel_mm: float = CANVAS_PIXEL_MM
+
+    def matrix(self) -> np.ndarray:
+        """The 2x3 affine from slice pixel ``(x=col, y=row)`` to canvas pixel, as OpenCV's warpAffine takes it.
+
+        Pixel centres map to pixel centres: slice pixel ``centre`` lands on the canvas' middle point
+        ``(size - 1) / 2``."""
+        scale_row = self.pixel_mm[0] / self.canvas_pixel_mm
+        scale_col = self.pixel_mm[1] / self.canvas_pixel_mm
+        middle = (self.canvas_size - 1) / 2.0
+        return np.array([[scale_col, 0.0, middle - self.centre[1] * scale_col],
+                         [0.0, scale_row, middle - self.centre[0] * scale_row]], dtype=np.float64)
+
+    def to_canvas(self, image: np.ndarray, fill: float, smooth: bool = True) -> np.ndarray:
+        """``image`` ``[rows, cols]`` (float) on the canvas ``[size, size]`` float32, ``fill`` outside the slice.
+
+        Shrinking averages the pixels a canvas pixel covers (OpenCV's area resize first, then the sub-pixel
+        shift), so fine noise and vessels blur as a coarser scanner would show them instead of aliasing;
+        ``smooth=False`` uses plain bilinear sampling (masks resampled as fractions)."""
+        import cv2
+
+        values = np.asarray(image, dtype=np.float32)
+        matrix = self.matrix()
+        if smooth and (matrix[0, 0] < 1 or matrix[1, 1] < 1):
+            rows, cols = values.shape
+            new_cols = max(1, int(round(cols * matrix[0, 0])))
+            new_rows = max(1, int(round(rows * matrix[1, 1])))
+            values = cv2.resize(values, (new_cols, new_rows), interpolation=cv2.INTER_AREA)
+            # a pixel of the shrunk image covers slice pixels [k / s, (k + 1) / s): its centre is at (k + .5) / s - .5
+            shrink_col, shrink_row = new_cols / cols, new_rows / rows
+            matrix = matrix.copy()
+            matrix[0, 2] += (0.5 / shrink_col - 0.5) * matrix[0, 0]
+            matrix[1, 2] += (0.5 / shrink_row - 0.5) * matrix[1, 1]
+            matrix[0, 0] /= shrink_col
+            matrix[1, 1] /= shrink_row
+        size = self.canvas_size
+        return cv2.warpAffine(values, matrix, (size, size), flags=cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_CONSTANT, borderValue=float(fill))
+
+    def from_canvas(self, canvas: np.ndarray, shape: tuple[int, int], fill: float) -> np.ndarray:
+        """A canvas ``[size, size]`` (logits, fractions) back on the slice grid ``shape`` (bilinear), ``fill`` where
+        the slice reaches past the canvas."""
+        import cv2
+
+        return cv2.warpAffine(np.asarray(canvas, dtype=np.float32), self.matrix(), (shape[1], shape[0]),
+                              flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT,
+                              borderValue=float(fill))
+
+
+def body_centre(body: np.ndarray) -> tuple[float, float] | None:
+    """Centre ``(row, col)`` of the bounding box of a body mask ``[rows, cols]`` (None when it is empty).
+
+    The bounding box, not the centroid: the centroid moves with the arms, the table and a cropped chest wall's
+    missing side; the box moves by half of what is cut."""
+    rows = np.flatnonzero(body.any(axis=1))
+    cols = np.flatnonzero(body.any(axis=0))
+    if not len(rows):
+        return None
+    return (rows[0] + rows[-1]) / 2.0, (cols[0] + cols[-1]) / 2.0
+
+
+def volume_body_projection(volume_hu: np.ndarray, pixel_mm: tuple[float, float]) -> tuple[np.ndarray, int]:
+    """The body seen on the maximum projection of a canonical volume ``[slices, rows, cols]``, sampled about every
+    3 mm (the engine's analysis grid), and the sampling stride."""
+    stride = max(1, int(ANALYSIS_PIXEL_MM // min(pixel_mm)))
+    projection = volume_hu[:, ::stride, ::stride].max(axis=0)
+    return body_mask_2d(projection), stride
+
+
+def volume_placement(volume_hu: np.ndarray, pixel_mm: tuple[float, float], canvas_size: int = CANVAS_SIZE,
+                     canvas_pixel_mm: float = CANVAS_PIXEL_MM) -> Placement:
+    """One placement for every slice of a canonical volume: its spacing, centred on the body over all slices (so
+    the patient does not move between slices); the slice's centre when no body is found."""
+    body, stride = volume_body_projection(volume_hu, pixel_mm)
+    centre = body_centre(body)
+    rows, cols = volume_hu.shape[1:]
+    if centre is None:
+        centre = ((rows - 1) / 2.0, (cols - 1) / 2.0)
+    else:  # the sample's pixel (r, c) covers full-resolution pixels [r * stride, (r + 1) * stride)
+        centre = (centre[0] * stride + (stride - 1) / 2.0, centre[1] * stride + (stride - 1) / 2.0)
+    return Placement(centre, (float(pixel_mm[0]), float(pixel_mm[1])), canvas_size, canvas_pixel_mm)
+
+
+def estimated_pixel_mm(body: np.ndarray) -> float:
+    """Pixel size of a slice of unknown spacing from its body mask ``[rows, cols]``: the body's left-right width is
+    taken as :data:`BODY_WIDTH_MM`; a body that touches both sides of the image (a crop) makes the image's width
+    :data:`CROP_WIDTH_MM`; no body at all, the image's width."""
+    cols = np.flatnonzero(body.any(axis=0))
+    width = body.shape[1]
+    if not len(cols) or (cols[0] == 0 and cols[-1] == width - 1):
+        return CROP_WIDTH_MM / width
+    return BODY_WIDTH_MM / (cols[-1] - cols[0] + 1)
+
+
+def body_mask_8bit(image: np.ndarray) -> np.ndarray:
+    """The body of an 8-bit slice (a CLAHE image or a window export): brighter than Otsu's threshold, largest
+    component, holes filled; the same shape rule as the HU body mask."""
+    import cv2
+
+    from .preprocessing import fill_holes_2d
+    from .morphology import open_in_plane
+    from scipy import ndimage
+
+    values = np.asarray(image, dtype=np.uint8)
+    threshold, _ = cv2.threshold(values, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    dense = open_in_plane(values > threshold)
+    labels, count = ndimage.label(dense)
+    if count == 0:
+        return dense
+    largest = np.argmax(np.bincount(labels.ravel())[1:]) + 1
+    return fill_holes_2d(labels == largest)
+
+
+def slice_placement(body: np.ndarray, pixel_mm: tuple[float, float] | None, canvas_size: int = CANVAS_SIZE,
+                    canvas_pixel_mm: float = CANVAS_PIXEL_MM) -> Placement:
+    """Placement of a single slice from its body mask: its own spacing when known, else the estimate."""
+    if pixel_mm is None:
+        estimate = estimated_pixel_mm(body)
+        pixel_mm = (estimate, estimate)
+    centre = body_centre(body)
+    if centre is None:
+        centre = ((body.shape[0] - 1) / 2.0, (body.shape[1] - 1) / 2.0)
+    return Placement(centre, (float(pixel_mm[0]), float(pixel_mm[1])), canvas_size, canvas_pixel_mm)
