@@ -62,25 +62,19 @@ class Placement:
     def to_canvas(self, image: np.ndarray, fill: float, smooth: bool = True) -> np.ndarray:
         """``image`` ``[rows, cols]`` (float) on the canvas ``[size, size]`` float32, ``fill`` outside the slice.
 
-        Shrinking averages the pixels a canvas pixel covers (OpenCV's area resize first, then the sub-pixel
-        shift), so fine noise and vessels blur as a coarser scanner would show them instead of aliasing;
-        ``smooth=False`` uses plain bilinear sampling (masks resampled as fractions)."""
+        Shrinking first blurs the slice by the Gaussian that keeps the canvas from aliasing (sigma
+        ``sqrt(1/s^2 - 1) / 2`` source pixels for a scale ``s``), then samples it bilinearly through the exact
+        affine: no image size is rounded, so padding the slice moves nothing on the canvas. ``smooth=False`` samples
+        without the blur (masks resampled as fractions)."""
         import cv2
 
         values = np.asarray(image, dtype=np.float32)
         matrix = self.matrix()
-        if smooth and (matrix[0, 0] < 1 or matrix[1, 1] < 1):
-            rows, cols = values.shape
-            new_cols = max(1, int(round(cols * matrix[0, 0])))
-            new_rows = max(1, int(round(rows * matrix[1, 1])))
-            values = cv2.resize(values, (new_cols, new_rows), interpolation=cv2.INTER_AREA)
-            # a pixel of the shrunk image covers slice pixels [k / s, (k + 1) / s): its centre is at (k + .5) / s - .5
-            shrink_col, shrink_row = new_cols / cols, new_rows / rows
-            matrix = matrix.copy()
-            matrix[0, 2] += (0.5 / shrink_col - 0.5) * matrix[0, 0]
-            matrix[1, 2] += (0.5 / shrink_row - 0.5) * matrix[1, 1]
-            matrix[0, 0] /= shrink_col
-            matrix[1, 1] /= shrink_row
+        if smooth:
+            sigmas = [np.sqrt(max(1.0 / scale ** 2 - 1.0, 0.0)) / 2.0 for scale in (matrix[0, 0], matrix[1, 1])]
+            if max(sigmas) > 0.1:
+                values = cv2.GaussianBlur(values, (0, 0), sigmaX=max(sigmas[0], 0.01), sigmaY=max(sigmas[1], 0.01),
+                                          borderType=cv2.BORDER_REPLICATE)
         size = self.canvas_size
         return cv2.warpAffine(values, matrix, (size, size), flags=cv2.INTER_LINEAR,
                               borderMode=cv2.BORDER_CONSTANT, borderValue=float(fill))

@@ -15,8 +15,8 @@ drawn in 3D inside the lungs of a real CT without COVID-19:
 - **texture**: plain, crazy paving (ground glass with a fine network of thickened septa) or reticulation (lines
   over faint ground glass), and the CT's own noise on top.
 
-The mask is the region the lesion was drawn in, inside the lungs: exact by construction. The lungs stay lung:
-the lung mask is unchanged, whatever the density drawn into it.
+The mask is where the lesion was drawn at half its full rise or more, inside the lungs: exact by construction.
+The lungs stay lung: the lung mask is unchanged, whatever the density drawn into it.
 """
 
 from __future__ import annotations
@@ -128,17 +128,19 @@ def draw_lesion(hu: np.ndarray, lungs: np.ndarray, spacing_zyx: tuple[float, flo
     target = float(rng.uniform(low, high))
     region = lesion_region(lungs, spacing_zyx, extent, distribution, rng)
     out = hu.astype(np.float32, copy=True)
+    mask = np.zeros_like(lungs)
     if region.any():
-        feather = np.clip(ndimage.gaussian_filter(region.astype(np.float32), sigma_in_voxels(1.5, spacing_zyx)) * 2,
-                          0.0, 1.0) * lungs
+        # a soft edge (1.5 mm): the mask is where the lesion's full rise is at least half there
+        feather = ndimage.gaussian_filter(region.astype(np.float32), sigma_in_voxels(1.5, spacing_zyx)) * lungs
+        mask = feather >= 0.5
         level = target + 25.0 * smooth_noise(hu.shape, sigma_in_voxels(1.5, spacing_zyx), rng)
         if texture != "plain":
             lines = septal_lines(hu.shape, spacing_zyx, rng, rng.uniform(6.0, 12.0))
             level = level + rng.uniform(150.0, 300.0) * lines
         raised = np.maximum(out, np.minimum(level, 60.0))  # denser lung keeps its HU; nothing past soft tissue
         out = out + feather * (raised - out)
-    fraction = float(region.sum() / max(lungs.sum(), 1))
-    return out, region, Lesion(extent, distribution, texture, target, fraction)
+    fraction = float(mask.sum() / max(lungs.sum(), 1))
+    return out, mask, Lesion(extent, distribution, texture, target, fraction)
 
 
 def lungs_from_hu(hu: np.ndarray, pixel_area_mm2: float) -> np.ndarray:
@@ -164,4 +166,4 @@ def lungs_from_hu(hu: np.ndarray, pixel_area_mm2: float) -> np.ndarray:
     sizes[0] = 0
     keep = sizes >= 0.02 * sizes.max()
     keep[0] = False
-    return ndimage.binary_erosion(keep[labels], iterations=1)
+    return keep[labels]
