@@ -3,6 +3,9 @@
 Guards against the failures lungmask documents: a spurious "lung" outside the body (bowel gas, air beside
 the patient), stray specks, holes where dense infection hides the lung, and one lung lost when the two lungs
 touch (handled by :func:`CovidSegLib.engine.lateral.split_left_right`). Infection is kept only inside the lungs.
+Lung lies inside the body: nothing outside each slice's body hull (its convex hull, one cell wider) is lung, even
+where it touches the lungs (a "lung" drawn in the air over a patient). The hull, not the body mask, because a
+field of view that cuts the chest wall leaves lungs that the body mask cannot enclose.
 """
 
 from __future__ import annotations
@@ -41,6 +44,18 @@ def keep_lung_components(lungs: np.ndarray, body: np.ndarray | None) -> np.ndarr
     kept = np.zeros_like(lungs)
     kept[box] = np.isin(components, np.flatnonzero(keep) + 1)
     return kept
+
+
+def body_hulls(body: np.ndarray) -> np.ndarray:
+    """Each slice's body ``[k, j, i]`` as its convex hull, one pixel wider (a slice without body: all of it, so
+    that nothing is dropped where the body was not found)."""
+    from skimage.morphology import convex_hull_image
+
+    hulls = np.ones_like(body)
+    for index, slice_body in enumerate(body):
+        if slice_body.any():
+            hulls[index] = ndimage.binary_dilation(convex_hull_image(slice_body), iterations=1)
+    return hulls
 
 
 def fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
@@ -104,7 +119,10 @@ def postprocess(
     cells = _max_pool_in_plane(raw, factor)
     if body is None and volume_hu is not None:
         body = BodySample.of(volume_hu, pixel_mm)
-    cells = keep_lung_components(cells, body.on_grid(factor, cells.shape) if body is not None else None)
+    body_cells = body.on_grid(factor, cells.shape) if body is not None else None
+    if body_cells is not None:
+        cells &= body_hulls(body_cells)
+    cells = keep_lung_components(cells, body_cells)
     sides = split_left_right(cells, _cell_geometry(geometry, factor))
     labels = np.zeros(raw.shape, dtype=np.uint8)
     if not sides.any():

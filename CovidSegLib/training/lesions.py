@@ -116,12 +116,19 @@ def septal_lines(shape: tuple[int, ...], spacing_zyx: tuple[float, float, float]
 
 
 def draw_lesion(hu: np.ndarray, lungs: np.ndarray, spacing_zyx: tuple[float, float, float],
-                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, Lesion]:
-    """A random lesion in the lungs of a canonical HU volume: the new HU (float32), its mask, and its recipe."""
-    extent = EXTENTS[rng.integers(len(EXTENTS))]
+                rng: np.random.Generator, extent: str | None = None, texture: str | None = None,
+                consolidation: bool | None = None) -> tuple[np.ndarray, np.ndarray, Lesion]:
+    """A random lesion in the lungs of a canonical HU volume: the new HU (float32), its mask, and its recipe.
+    ``extent``, ``texture`` and ``consolidation`` fix what is otherwise drawn (a probe of diffuse disease)."""
+    drawn_extent = EXTENTS[rng.integers(len(EXTENTS))]  # always drawn, in this order: seeds keep their lesions
     distribution = DISTRIBUTIONS[rng.integers(len(DISTRIBUTIONS))]
-    consolidation = rng.random() < 0.3
-    texture = "plain" if consolidation else TEXTURES[rng.integers(len(TEXTURES))]
+    drawn_consolidation = rng.random() < 0.3
+    extent = extent or drawn_extent
+    consolidation = drawn_consolidation if consolidation is None else consolidation
+    if consolidation:
+        texture = "plain"
+    elif texture is None:
+        texture = TEXTURES[rng.integers(len(TEXTURES))]
     low, high = CONSOLIDATION_HU if consolidation else GGO_HU
     if texture == "reticulation":
         high = -600.0  # lines over faint ground glass
