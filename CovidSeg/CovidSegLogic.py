@@ -7,7 +7,6 @@ scene, so the scene is passed in. torch is imported only when a segmentation act
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
@@ -279,6 +278,8 @@ class CovidSegLogic(ScriptedLoadableModuleLogic):
         The severity weighs the infection against the false infection on CT without COVID-19 of the model in
         ``model_path`` (default: the one that segmented last, else the bundled one), as ``covidseg report`` does;
         its card is read, the network is not loaded."""
+        from pathlib import Path
+
         from CovidSegLib.engine.model import BUNDLED_CARD, read_card
         from CovidSegLib.measure.aeration import BANDS
         from CovidSegLib.measure.quantification import quantify
