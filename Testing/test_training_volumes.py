@@ -333,3 +333,35 @@ def test_a_whole_lung_mask_is_split_into_left_and_right_like_the_expert(volumes:
     for value in (1, 2):
         overlap = (sides == value) & reference[value]
         assert 2 * overlap.sum() / ((sides == value).sum() + reference[value].sum()) > 0.97
+
+
+def test_anatomy_training_renders_every_source_on_the_canvas_and_exports_a_model_the_engine_runs(
+        pairs: Path, volumes: Path, slices: Path, tmp_path: Path) -> None:
+    """The anatomy representation end to end: MedSeg's 8-bit crops and the npz slices placed by their bodies, a
+    CT without COVID-19 as scanned, in another acquisition and with synthetic lesions, two epochs of a few steps,
+    an export whose card says anatomy and 3 input channels, and ``covidseg segment`` running it on CTChest."""
+    from CovidSegLib.engine.pipeline import SegmentOptions, segment_file
+
+    config = TrainConfig(out_dir=str(tmp_path / "run"), name="tiny-anatomy", representation="anatomy",
+                         medseg=str(slices / "medseg_train"), npz_slices=str(slices / "hu_infection"),
+                         healthy_volumes=({"path": str(pairs), "label_map": "totalseg-lobes"},),
+                         acquisitions=1, synthetic_lesions=2, clip_hu=(-1250.0, 250.0), epochs=2, batch_size=4,
+                         max_steps_per_epoch=2, threads=2, seed=1, select_best=False)
+    train_set, validation, _ = training_sets(config)
+    assert train_set.images.shape[1:] == (2, 256, 256) and train_set.has_density is not None
+    names = train_set.names
+    medseg = np.array([n.startswith("medseg/") for n in names])
+    lesions = np.array(["/lesion-" in n for n in names])
+    assert medseg.sum() == 50 and not train_set.has_lungs[medseg].any() and train_set.has_density[medseg].all()
+    hu_slices = np.array([n.startswith("npz/") for n in names])  # the experts' infection in HU, labelled
+    assert hu_slices.sum() == 3 and train_set.has_infection[hu_slices].all() and train_set.infection[hu_slices].any()
+    assert lesions.any() and train_set.infection[lesions].any(axis=(1, 2)).all()  # every lesion slice holds one
+    assert (train_set.infection[lesions] <= train_set.lungs[lesions]).all()  # lesions are lung: lung is lung
+    healthy = np.array([n.startswith("totalseg") and "/lesion-" not in n for n in names])
+    assert healthy.sum() == 2 * 30 and not train_set.infection[healthy].any()  # as scanned + one acquisition
+    card_path = train(config, log=lambda *_: None)
+    model = load_model(card_path)
+    assert model.card.preprocessing.mode == "anatomy" and model.card.in_channels == 3
+    result = segment_file(volumes / "ctchest4.nrrd", tmp_path / "ctchest.nii.gz", model,
+                          SegmentOptions(allow_empty=True))
+    assert result.labels.shape == (34, 128, 128)
