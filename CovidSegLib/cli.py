@@ -183,10 +183,15 @@ def cmd_segment(args: argparse.Namespace) -> int:
     cases = find_cases(source) if batch else [source]
     if batch and not cases:
         raise InputError(source, "folder holds no CT files (.nii, .nii.gz, .nrrd, .mha, .mhd, .dcm) or DICOM series")
+    if args.part is not None and not batch:
+        print(f"covidseg segment: --part takes a share of a folder of CTs; {source} is one case", file=sys.stderr)
+        return EXIT_USAGE
     model = load_model(args.model)
     options = SegmentOptions(args.device, args.batch_size, args.intensity, args.window, args.format,
                              args.allow_empty, args.series, separate_infection=not args.merge_infection,
                              int8=not args.float32)
+    if batch:  # resumable, shareable between processes and machines (CovidSegLib.cohort)
+        return segment_cohort(args, source, out, model, options)
     failures = {EXIT_INPUT: 0, EXIT_OUTPUT: 0}
     for ct in cases:
         output = output_path_for(ct, out, args.format, batch)
@@ -219,6 +224,55 @@ def cmd_segment(args: argparse.Namespace) -> int:
         done = len(cases) - sum(failures.values())
         print(f"segmented {done} of {len(cases)} cases into {out}")
     return EXIT_OUTPUT if failures[EXIT_OUTPUT] else EXIT_INPUT if failures[EXIT_INPUT] else EXIT_OK
+
+
+class CohortLines:
+    """How a cohort run shows itself here: a progress display per case, its lines on stdout, errors on stderr."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+
+    def case_progress(self, name: str):
+        return progress_display(name, self.quiet)
+
+    def say(self, line: str) -> None:
+        print(line, flush=True)
+
+    def warn(self, line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+
+def segment_cohort(args: argparse.Namespace, source: Path, out: Path, model, options) -> int:
+    """``covidseg segment FOLDER -o OUT [--part I/N]``: every case not verifiably done yet (docs/cohorts.md)."""
+    from .cohort.run import CohortPlan, run_cohort
+
+    plan = CohortPlan(source, out, args.format, args.part, args.report)
+    outcome = run_cohort(plan, model, options, CohortLines(args.quiet))
+    share = f" of part {args.part}" if args.part else ""
+    print(f"segmented {outcome.count('done')} of {len(outcome.rows)} cases{share} into {out} "
+          f"({outcome.count('skipped')} already done, {outcome.count('failed')} failed); summary {outcome.summary}")
+    failures = outcome.failures
+    return (EXIT_OUTPUT if failures["output"] else EXIT_INPUT if failures["input"] else
+            EXIT_FAILURE if failures["internal"] else EXIT_OK)
+
+
+def cmd_merge_summaries(args: argparse.Namespace) -> int:
+    from .cohort.summary import merge_part_summaries
+
+    path, rows = merge_part_summaries(Path(args.output), args.parts)
+    counts = {status: sum(1 for r in rows if r["status"] == status) for status in ("done", "skipped", "failed",
+                                                                                   "pending")}
+    print(f"{len(rows)} cases: " + ", ".join(f"{n} {status}" for status, n in counts.items()) + f"; wrote {path}")
+    return EXIT_INPUT if counts["failed"] or counts["pending"] else EXIT_OK
+
+
+def part_option(text: str):
+    from .cohort.parts import Part
+
+    try:
+        return Part.parse(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -327,8 +381,20 @@ def build_parser() -> argparse.ArgumentParser:
                          "(5), for tools that expect the three-label scheme")
     segment.add_argument("--report", action="store_true",
                          help="also write the report (figures, pictures, HTML) into OUTPUT_report/ beside each output")
+    segment.add_argument("--part", type=part_option, metavar="I/N",
+                         help="with a folder: take only part I of N (0 <= I < N, by a hash of the case name), e.g. "
+                         "--part $SLURM_ARRAY_TASK_ID/N; cases already done are skipped, see docs/cohorts.md")
     add_intensity_options(segment)
     segment.set_defaults(handler=cmd_segment)
+
+    merge = commands.add_parser(
+        "merge-summaries", help="join the summaries of 'covidseg segment --part I/N' runs into OUT/summary.csv",
+        description="Reads OUT/summary-part-I-of-N.csv for I = 0..N-1 (refusing if one is missing) and writes "
+        "OUT/summary.csv, one row per case of the folder. Exit code 3 if a case failed or was never reached.",
+    )
+    merge.add_argument("output", help="the output folder the parts wrote into")
+    merge.add_argument("--parts", type=int, metavar="N", help="N, when the folder holds summaries of several splits")
+    merge.set_defaults(handler=cmd_merge_summaries)
 
     report = commands.add_parser(
         "report", help="volumes, %% involvement, severity estimate, QC pictures and an HTML page for a segmented CT",

@@ -27,6 +27,7 @@ ROOMS = (
     {"measure"},
     {"slices"},
     {"training"},
+    {"cohort"},  # a folder of cases across processes and machines: runs the pipeline and measures, for the CLI
     {"cli", "__main__"},
 )
 

@@ -84,7 +84,9 @@ def test_batch_mode_segments_every_ct_and_reports_bad_ones(volumes: Path, small_
     assert result.returncode == 3
     assert "d_single.dcm: 2D image" in result.stderr
     assert "segmented 3 of 4 cases" in result.stdout
-    assert sorted(p.name for p in out.iterdir()) == ["a.nii.gz", "b.nii.gz", "c_dicom.nii.gz"]
+    # the run's summary beside the outputs, its records (manifests, claims) hidden in .covidseg/ (docs/cohorts.md)
+    assert sorted(p.name for p in out.iterdir()) == [".covidseg", "a.nii.gz", "b.nii.gz", "c_dicom.nii.gz",
+                                                     "summary.csv"]
 
 
 def test_wrong_or_corrupt_model_files_are_refused(volumes: Path, small_model: Path, tmp_path: Path) -> None:
