@@ -1,4 +1,4 @@
-"""The library's rooms and the one-way imports between them (README "Layout").
+"""The library's rooms and the one-way imports between them (README "The code's rooms", docs/architecture.md).
 
 Each room may import the rooms below it and never one above, so that reading never depends on the engine, the
 engine never on measurement, and nothing but the command line depends on everything. ``import CovidSegLib`` and
@@ -25,6 +25,7 @@ ROOMS = (
     {"checks"},
     {"engine"},
     {"measure"},
+    {"pacs"},  # the DICOMweb round trip: runs the engine's pipeline and writes measure's SR, so above both
     {"slices"},
     {"training"},
     {"cohort"},  # a folder of cases across processes and machines: runs the pipeline and measures, for the CLI
@@ -40,7 +41,8 @@ def room_of(module: str) -> int:
     for rank, names in enumerate(ROOMS):
         if top in names:
             return rank
-    raise AssertionError(f"{module} lies in no room: add its folder to ROOMS and to the README's map")
+    raise AssertionError(f"{module} lies in no room: add its folder to ROOMS, the README's map and "
+                         "docs/architecture.md")
 
 
 def module_name(path: Path) -> str:

@@ -203,7 +203,7 @@ def test_recorded_training_configurations_are_valid() -> None:
     # each study of the chosen recipe changes one thing: the encoder, the length of the schedule, the loss, the
     # thick-slice rendering of CTs without COVID-19, the precision, the seed (the recipe again, to measure
     # how far figures move from one training run to the next), or lesion pasting; the MobileNetV2 and 48-epoch
-    # studies also run in float32 (their machine had no native bfloat16), which the README states, and the
+    # studies also run in float32 (their machine had no native bfloat16), which docs/studies.md states, and the
     # float32 study is their control
     for study, changed in (("kfold-corpus-only-r34", {"encoder": "resnet34"}),
                            ("kfold-corpus-only-fp32", {"cpu_bf16": False}),

@@ -5,7 +5,7 @@ The result is the same as ``scipy.ndimage.binary_erosion`` / ``binary_dilation``
 ``Testing/test_morphology.py`` holds them to that on real masks. Why not scipy: it visits the structure
 element by element for every voxel, and post-processing erodes and dilates whole lung volumes a dozen
 times per CT; four ANDs or ORs of whole shifted arrays cost a fraction of that (``split_left_right`` on the
-benchmark CT: README, "Speed and memory").
+benchmark CT: docs/speed.md).
 """
 
 from __future__ import annotations

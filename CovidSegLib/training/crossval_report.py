@@ -40,10 +40,10 @@ The threshold it names (``chosen_threshold``) is the one of best pooled infectio
 slices: it weighs infection found against infection invented, on patients no fold model trained on, and it looks
 neither at the corpus' test groups nor at the CTs kept out of training (CTChest, lungmask, CIP TestInput). It
 counts invented infection only on validation slices, not in mL on whole CTs, so read it beside the false
-infection columns before shipping it (the bundled card kept 0.5 over the 0.3 it named: README, "The bundled
-model"). The lungs move with it (the corpus lung Dice column shows how much). Each fold model's card must record
-the configuration's data and folds, so no model is scored on patients it trained on. Figures only: no model or
-card is changed.
+infection columns before shipping it (the bundled card kept 0.5 over the 0.3 it named: docs/studies.md,
+"The threshold"). The lungs move with it (the corpus lung Dice column shows how much). Each fold model's card
+must record the configuration's data and folds, so no model is scored on patients it trained on. Figures only:
+no model or card is changed.
 """
 
 from __future__ import annotations
