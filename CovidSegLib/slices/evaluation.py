@@ -155,11 +155,12 @@ def evaluate_slice_folders(prediction: Path, reference: Path) -> SliceEvaluation
         if len({t.shape for t in truths}) == 1:
             summary[target] = dice_figures(np.stack(predictions), np.stack(truths))
         else:  # slices of several sizes: pool by concatenating flattened slices one per row
-            summary[target] = _pool_ragged(predictions, truths)
+            summary[target] = pool_ragged(predictions, truths)
     return SliceEvaluation(summary, rows, notes)
 
 
-def _pool_ragged(predictions: list[np.ndarray], truths: list[np.ndarray]) -> dict[str, float | int]:
+def pool_ragged(predictions: list[np.ndarray], truths: list[np.ndarray]) -> dict[str, float | int]:
+    """:func:`dice_figures` of slices of several sizes (each slice flattened into one padded row)."""
     width = max(t.size for t in truths)
 
     def pad(masks: list[np.ndarray]) -> np.ndarray:

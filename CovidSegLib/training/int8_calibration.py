@@ -15,38 +15,46 @@ import argparse
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
 
 from ..engine.inference import inference_network, select_device
 from ..engine.int8_inference import ACTIVATION_LEVELS, layers_worth_int8, record_ranges
 from ..engine.model import LoadedModel, load_model, update_card
 from ..engine.representation import network_input
-from .data import load_slice_corpus, read_split, split_indices
+from .data import SliceSet, load_slice_corpus, read_split, split_indices
 from .train import healthy_folders
 from .volumes import load_volume_slices
 
 BATCH = 16
 
 
-def calibration_images(model: LoadedModel, corpus_every: int) -> tuple[np.ndarray, str]:
-    """8-bit images in the model's representation from its training data, and a sentence saying which."""
+def calibration_images(model: LoadedModel, corpus_every: int) -> tuple[SliceSet, str]:
+    """Slices in the model's representation from its training data, and a sentence saying which (an anatomy
+    model's corpus slices on its canvas, its healthy volumes as scanned: the product meets no synthetic lesion)."""
     config = model.card.training_config
     if not config.get("corpus"):
         raise ValueError(f"{model.card_path}: the card's training_config names no corpus to calibrate on")
     corpus = load_slice_corpus(Path(config["corpus"]).expanduser())
     train = corpus.subset(split_indices(read_split(), "train")[::corpus_every])
-    parts, sources = [train.images], [f"{len(train.images)} corpus slices (every {corpus_every}th of the "
-                                      "training groups)"]
+    if model.card.preprocessing.mode == "anatomy":
+        from .canvas_slices import corpus_on_canvas
+
+        train = corpus_on_canvas(train, model.card.preprocessing)
+    parts, sources = [train], [f"{len(train.names)} corpus slices (every {corpus_every}th of the training groups)"]
     for path, label_map in healthy_folders(config.get("healthy_volumes", ())):
         slices = load_volume_slices(Path(path).expanduser(), model.card.preprocessing, label_map, healthy=True)
-        parts.append(slices.images)
-        sources.append(f"{len(slices.images)} slices of the healthy training volumes in {Path(path).name}")
-    return np.concatenate(parts), "; ".join(sources)
+        parts.append(slices)
+        sources.append(f"{len(slices.names)} slices of the healthy training volumes in {Path(path).name}")
+    return SliceSet.concatenate(parts), "; ".join(sources)
 
 
-def batches(images: np.ndarray, input_size: int) -> Iterator:
-    for start in range(0, len(images), BATCH):
-        yield network_input(images[start:start + BATCH], input_size)
+def batches(slices: SliceSet, input_size: int) -> Iterator:
+    for start in range(0, len(slices.names), BATCH):
+        if slices.has_density is not None:
+            from ..engine.anatomy import anatomy_network_input
+
+            yield anatomy_network_input(slices.images[start:start + BATCH], slices.has_density[start:start + BATCH])
+        else:
+            yield network_input(slices.images[start:start + BATCH], input_size)
 
 
 def calibrate(card_path: Path, corpus_every: int) -> dict:

@@ -71,7 +71,16 @@ def corpus_scores(segmenter: SliceSegmenter, test: SliceSet) -> dict:
 
 def medseg_scores(segmenter: SliceSegmenter, root: Path) -> dict:
     """MedSeg's 8-bit crops as ``covidseg predict-slices`` reads them: HU-equivalents of the model's window,
-    through its representation; scored on the representation's 256x256 grid."""
+    through its representation; scored on the representation's 256x256 grid (a clahe model), or on each crop's
+    own pixels (an anatomy model, which places each crop on its canvas by its body, as predict-slices does)."""
+    if segmenter.on_canvas:
+        from ..slices.dataset import read_slices
+        from ..slices.evaluation import pool_ragged, read_mask_image
+
+        crops = read_slices(root / "images", segmenter.card.preprocessing.window)
+        _, infection = predict_slices(segmenter, [crop.hu for crop in crops])
+        truth = [read_mask_image(root / "infection_masks" / f"{crop.name}.png") for crop in crops]
+        return {"infection": pool_ragged(infection, truth)}
     medseg = load_medseg(root, segmenter.card.preprocessing, segmenter.card.preprocessing.window)
     _, infection = predict_represented(segmenter, medseg.images)
     return {"infection": dice_figures(infection, medseg.infection)}
