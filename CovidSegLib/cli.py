@@ -72,6 +72,23 @@ def add_intensity_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_dicom_options(parser: argparse.ArgumentParser) -> None:
+    """DICOM SR output and the DICOMweb round trip (docs/pacs.md). Credentials are never options: a command line
+    is visible to every user of the machine."""
+    parser.add_argument("--sr", action="store_true",
+                        help="also write the quantification as a DICOM SR (TID 1500) beside the DICOM SEG "
+                        "(CASE.sr.dcm)")
+    parser.add_argument("--dicomweb", metavar="URL",
+                        help="segment a series held by this DICOMweb server (e.g. http://host:8042/dicom-web) "
+                        "instead of a local CT; credentials from COVIDSEG_DICOMWEB_USER / "
+                        "COVIDSEG_DICOMWEB_PASSWORD or COVIDSEG_DICOMWEB_TOKEN, or --dicomweb-credentials")
+    parser.add_argument("--study", metavar="UID", help="with --dicomweb: the StudyInstanceUID (--series: its series)")
+    parser.add_argument("--store", action="store_true",
+                        help="with --dicomweb: store the DICOM SEG (and the SR with --sr) into the study (STOW-RS)")
+    parser.add_argument("--dicomweb-credentials", metavar="FILE",
+                        help='with --dicomweb: a JSON file {"user": ..., "password": ...} or {"token": ...}')
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from .checks.intensity import intensity_stats, prepare_ct
     from .io.orientation import plan_reorientation
@@ -173,9 +190,15 @@ def cmd_predict_slices(args: argparse.Namespace) -> int:
 def cmd_segment(args: argparse.Namespace) -> int:
     from .io.cases import case_id
     from .engine.model import load_model
-    from .engine.pipeline import SegmentOptions, output_path_for, segment_file
+    from .engine.pipeline import check_output, output_path_for, segment_file
     from .io.cases import find_cases, is_dicom_folder
 
+    problem = segment_usage_problem(args)
+    if problem:
+        print(f"covidseg segment: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.dicomweb:
+        return cmd_segment_dicomweb(args)
     source, out = Path(args.ct), Path(args.output)
     if not source.exists():
         raise InputError(source, "no such file or folder")
@@ -183,13 +206,13 @@ def cmd_segment(args: argparse.Namespace) -> int:
     cases = find_cases(source) if batch else [source]
     if batch and not cases:
         raise InputError(source, "folder holds no CT files (.nii, .nii.gz, .nrrd, .mha, .mhd, .dcm) or DICOM series")
+    if not batch:  # what can be refused without the model (a DICOM SEG of a NIfTI) is refused before it loads
+        check_output(source, output_path_for(source, out, args.format, batch))
     if args.part is not None and not batch:
         print(f"covidseg segment: --part takes a share of a folder of CTs; {source} is one case", file=sys.stderr)
         return EXIT_USAGE
     model = load_model(args.model)
-    options = SegmentOptions(args.device, args.batch_size, args.intensity, args.window, args.format,
-                             args.allow_empty, args.series, separate_infection=not args.merge_infection,
-                             int8=not args.float32)
+    options = segment_options(args)
     if batch:  # resumable, shareable between processes and machines (CovidSegLib.cohort)
         return segment_cohort(args, source, out, model, options)
     failures = {EXIT_INPUT: 0, EXIT_OUTPUT: 0}
@@ -198,6 +221,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
         with progress_display(ct.name, args.quiet) as progress:
             try:
                 result = segment_file(ct, output, model, options, progress)
+                if args.sr:  # the quantification as a DICOM SR beside the DICOM SEG
+                    result.notes.append(f"DICOM SR: {write_case_sr(result, output, model, ct)}")
             except (InputError, OutputError) as error:
                 if not batch:
                     raise
@@ -246,8 +271,12 @@ def segment_cohort(args: argparse.Namespace, source: Path, out: Path, model, opt
     """``covidseg segment FOLDER -o OUT [--part I/N]``: every case not verifiably done yet (docs/cohorts.md)."""
     from .cohort.run import CohortPlan, run_cohort
 
+    def write_sr(result, output: Path, ct: Path) -> list[str]:
+        return [f"DICOM SR: {write_case_sr(result, output, model, ct)}"]
+
     plan = CohortPlan(source, out, args.format, args.part, args.report)
-    outcome = run_cohort(plan, model, options, CohortLines(args.quiet))
+    outcome = run_cohort(plan, model, options, CohortLines(args.quiet),
+                         write_sr if getattr(args, "sr", False) else None)
     share = f" of part {args.part}" if args.part else ""
     print(f"segmented {outcome.count('done')} of {len(outcome.rows)} cases{share} into {out} "
           f"({outcome.count('skipped')} already done, {outcome.count('failed')} failed); summary {outcome.summary}")
@@ -273,6 +302,87 @@ def part_option(text: str):
         return Part.parse(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def segment_options(args: argparse.Namespace):
+    from .engine.pipeline import SegmentOptions
+
+    return SegmentOptions(args.device, args.batch_size, args.intensity, args.window, args.format, args.allow_empty,
+                          args.series, separate_infection=not args.merge_infection, int8=not args.float32)
+
+
+def segment_usage_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with a ``covidseg segment`` command line that argparse cannot see (exit code 2)."""
+    from .io.dicom_seg import DICOM_SEG_FORMAT, is_dicom_seg_path
+    from .io.writing import LABEL_SUFFIXES
+
+    if bool(args.ct) == bool(args.dicomweb):
+        return "give a CT (file or folder) or --dicomweb URL --study UID, one of them"
+    if not args.dicomweb and (args.study or args.store or args.dicomweb_credentials):
+        return "--study, --store and --dicomweb-credentials go with --dicomweb URL"
+    if args.dicomweb and not args.study:
+        return "--dicomweb needs --study UID (and --series UID for a study with several image series)"
+    if args.output is None and not (args.dicomweb and args.store):
+        return "-o/--output is required (only --dicomweb ... --store may go without)"
+    out = Path(args.output) if args.output else None
+    names_label_file = out is not None and any(out.name.lower().endswith(s) for s in LABEL_SUFFIXES)
+    if args.format == DICOM_SEG_FORMAT and names_label_file:
+        return (f"--format dicom-seg writes a DICOM SEG, but -o names a label file ({out.name}): give FILE.dcm or "
+                "a folder")
+    seg_output = (out is not None and is_dicom_seg_path(out)) or (args.format == DICOM_SEG_FORMAT and
+                                                                   not names_label_file) or bool(args.store)
+    if args.sr and not seg_output:
+        return "--sr writes the quantification beside a DICOM SEG: give -o FILE.dcm, --format dicom-seg or --store"
+    return None
+
+
+def write_case_sr(result, seg_path: Path, model, ct: Path) -> Path:
+    """The quantification as a DICOM SR beside the case's DICOM SEG, graded as its report grades it."""
+    from .engine.pipeline import algorithm_identity
+    from .measure.dicom_sr import write_sr_beside_seg
+    from .measure.severity import floor_of_card
+
+    return write_sr_beside_seg(result, seg_path, algorithm_identity(model), floor_of_card(model.card), [ct]).path
+
+
+def cmd_segment_dicomweb(args: argparse.Namespace) -> int:
+    """``covidseg segment --dicomweb URL --study UID [--series UID] [-o OUTPUT] [--store] [--sr]``: download the
+    series, segment it as a local DICOM folder, store the verified SEG (and SR) back (CovidSegLib.pacs)."""
+    import os
+
+    from .engine.model import load_model
+    from .pacs.credentials import checked_url, credentials_from, display_url, readable_by_others, sent_in_clear
+    from .pacs.dicomweb import DicomWebServer
+    from .pacs.roundtrip import DicomWebRequest, check_local_output, choose_series, segment_from_dicomweb
+
+    try:
+        url = checked_url(args.dicomweb)
+        credentials = credentials_from(os.environ, args.dicomweb_credentials)
+    except ValueError as error:
+        print(f"covidseg segment: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.dicomweb_credentials and readable_by_others(args.dicomweb_credentials):
+        print(f"warning: {args.dicomweb_credentials} can be read by other users of this machine", file=sys.stderr)
+    if sent_in_clear(url, credentials):
+        print(f"warning: the credentials go unencrypted over plain HTTP to {display_url(url)}; use https://",
+              file=sys.stderr)
+    request = DicomWebRequest(DicomWebServer(url, credentials), args.study, args.series, args.store, args.sr)
+    output = Path(args.output) if args.output else None
+    check_local_output(output)
+    chosen = choose_series(request)  # a server that is down, a wrong UID or password: refused before the model loads
+    model = load_model(args.model)
+    with progress_display(f"study {args.study}", args.quiet) as progress:
+        trip = segment_from_dicomweb(request, chosen, model, segment_options(args), output, progress, say=print)
+    result = trip.result
+    done = ", ".join(str(p) for p in trip.outputs) or "(no local output)"
+    print(f"{request.describe(trip.series_uid)}: {trip.instances} instances -> {done} ({result.slices_inferred}/"
+          f"{result.slices_total} slices on {result.device} in {result.precision}, {result.seconds['total']:.1f} s)")
+    if trip.stored:
+        print(f"stored in study {args.study} on {request.server.display}: {', '.join(trip.stored)}")
+    for note in result.notes:
+        print(note if note.startswith("warning: ") else f"note: {note}",
+              file=sys.stderr if note.startswith("warning: ") else sys.stdout)
+    return EXIT_OK
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -360,11 +470,15 @@ def build_parser() -> argparse.ArgumentParser:
         "4 ground-glass opacity and 5 consolidation (told apart by density, when the model card has the rule), "
         "or as 3 infection (--merge-infection, or a card without the rule).",
     )
-    segment.add_argument("ct", help="CT file, DICOM series folder, or a folder of CT files / DICOM subfolders")
-    segment.add_argument("-o", "--output", required=True,
-                         help="output file (.seg.nrrd, .nii.gz, .nii, .nrrd, .mha), or a folder (batch)")
-    segment.add_argument("--format", default=".seg.nrrd", choices=(".seg.nrrd", ".nii.gz", ".nrrd"),
-                         help="output format when --output is a folder (default .seg.nrrd, named segments)")
+    segment.add_argument("ct", nargs="?",
+                         help="CT file, DICOM series folder, or a folder of CT files / DICOM subfolders (or "
+                         "--dicomweb)")
+    segment.add_argument("-o", "--output",
+                         help="output file (.seg.nrrd, .nii.gz, .nii, .nrrd, .mha; .dcm: a DICOM SEG of a DICOM "
+                         "input), or a folder (batch); required unless --dicomweb ... --store")
+    segment.add_argument("--format", default=".seg.nrrd", choices=(".seg.nrrd", ".nii.gz", ".nrrd", "dicom-seg"),
+                         help="output format when --output is a folder (default .seg.nrrd, named segments; dicom-seg: "
+                         "CASE.dcm, a DICOM Segmentation of each DICOM series)")
     segment.add_argument("--model", help="model card (.json) or weights (.safetensors); default: the bundled model")
     segment.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
     segment.add_argument("--batch-size", type=int, help="slices per network call (default 8 on CPU, 32 on CUDA; "
@@ -385,6 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="with a folder: take only part I of N (0 <= I < N, by a hash of the case name), e.g. "
                          "--part $SLURM_ARRAY_TASK_ID/N; cases already done are skipped, see docs/cohorts.md")
     add_intensity_options(segment)
+    add_dicom_options(segment)
     segment.set_defaults(handler=cmd_segment)
 
     merge = commands.add_parser(
