@@ -82,6 +82,7 @@ class CovidSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.segmentButton.connect("clicked(bool)", self.onSegmentButton)
         self.ui.compareButton.connect("clicked(bool)", self.onCompareButton)
         self.ui.quantifyButton.connect("clicked(bool)", self.onQuantifyButton)
+        self.ui.exportDicomSegButton.connect("clicked(bool)", self.onExportDicomSegButton)
         self.ui.referenceSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateReferenceSegmentChoices)
         self.initializeParameterNode()
 
@@ -128,6 +129,9 @@ class CovidSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.compareButton.enabled = bool(node and node.outputSegmentation and node.referenceSegmentation
                                              and not self._running)
         self.ui.quantifyButton.enabled = bool(node and node.outputSegmentation and not self._running)
+        self.ui.exportDicomSegButton.enabled = bool(
+            node and node.outputSegmentation and CovidSegLogic.dicom_instance_uids(node.inputVolume)
+            and not self._running)
 
     def updateReferenceSegmentChoices(self, referenceNode=None) -> None:
         """Offer the reference's segments for each CovidSeg label, pre-selecting the ones whose names match."""
@@ -230,6 +234,41 @@ class CovidSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             classes = ([f"Ground-glass opacity {result.ggo_ml:.1f} mL, consolidation {result.consolidation_ml:.1f} mL."]
                        if result.ggo_ml is not None else [])
             self.ui.severityLabel.text = " ".join([text] + classes + result.warnings)
+
+
+    def onExportDicomSegButton(self) -> None:
+        """The input's DICOM files from the DICOM database, a file name from the user, then the Logic writes the
+        SEG and, beside it, the SR (CovidSegLogic.export_dicom_seg)."""
+        from pathlib import Path
+
+        import qt
+
+        from CovidSegLib.measure.dicom_sr import sr_path_for
+
+        node = self._parameterNode
+        uids = CovidSegLogic.dicom_instance_uids(node.inputVolume)
+        with slicer.util.tryWithErrorDisplay("DICOM SEG export failed.", waitCursor=True):
+            missing = CovidSegLogic.missing_dicom_dependencies()
+            if missing:
+                if not slicer.util.confirmOkCancelDisplay(f"DICOM SEG export needs {', '.join(missing)}. Install it "
+                                                          "now (pip)?"):
+                    return
+                for package in missing:
+                    slicer.util.pip_install(package)
+            files = [slicer.dicomDatabase.fileForInstance(uid) for uid in uids]
+            absent = [uid for uid, path in zip(uids, files) if not path]
+            if absent:
+                raise ValueError(f"{len(absent)} of the {len(uids)} DICOM files of {node.inputVolume.GetName()} are "
+                                 f"not in the DICOM database any more (first: instance {absent[0]})")
+            path = qt.QFileDialog.getSaveFileName(slicer.util.mainWindow(), "Export DICOM SEG",
+                                                  f"{node.inputVolume.GetName()}.seg.dcm", "DICOM files (*.dcm)")
+            if not path:
+                return
+            sr_path = str(sr_path_for(Path(path)))
+            self.logic.export_dicom_seg(node.outputSegmentation, node.inputVolume, files, path,
+                                        node.modelPath or None, sr_path)
+            self.ui.statusLabel.text = (f"Wrote the DICOM SEG {path} and its SR {sr_path}. Add them to the DICOM "
+                                        "database (Add DICOM Data) to open them with the CT or send them to a PACS.")
 
 
 class CovidSegTest(ScriptedLoadableModuleTest):

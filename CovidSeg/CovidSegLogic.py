@@ -28,6 +28,8 @@ except ImportError:  # slicer-core (tests): the base class only adds parameter-n
 PIP_REQUIREMENTS = ("segmentation-models-pytorch>=0.3.3", "safetensors", "slicerio>=1.4", "opencv-python-headless")
 
 ProgressCallback = Callable[[float], Optional[bool]]
+#: Where Slicer's DICOM module keeps the SOP Instance UIDs of the files a volume was loaded from (space-separated).
+DICOM_INSTANCE_UIDS_ATTRIBUTE = "DICOM.instanceUIDs"
 #: Node attribute holding the warnings about the input or the result, joined by WARNING_SEPARATOR.
 WARNINGS_ATTRIBUTE = "CovidSeg.Warnings"
 WARNING_SEPARATOR = " | "
@@ -278,22 +280,14 @@ class CovidSegLogic(ScriptedLoadableModuleLogic):
         The severity weighs the infection against the false infection on CT without COVID-19 of the model in
         ``model_path`` (default: the one that segmented last, else the bundled one), as ``covidseg report`` does;
         its card is read, the network is not loaded."""
-        from pathlib import Path
-
-        from CovidSegLib.engine.model import BUNDLED_CARD, read_card
         from CovidSegLib.measure.aeration import BANDS
         from CovidSegLib.measure.quantification import quantify
         from CovidSegLib.measure.severity import floor_of_card
 
         labels = self.label_map(segmentation_node, volume_node)
         hu = np.asarray(slicer.util.arrayFromVolume(volume_node))
-        model_path = model_path or self._model_path
-        if self._model is not None and (model_path or None) == self._model_path:
-            card = self._model.card
-        else:
-            card_path = Path(model_path) if model_path else BUNDLED_CARD
-            card = read_card(card_path.with_suffix(".json") if card_path.suffix == ".safetensors" else card_path)
-        result = quantify(labels, geometry_from_volume_node(volume_node), hu, floor_of_card(card))
+        floor = floor_of_card(self.model_card(model_path))
+        result = quantify(labels, geometry_from_volume_node(volume_node), hu, floor)
         header = ["Region", "Volume (mL)", "Infection (mL)", "Involvement (%)", "Healthy lung mean HU",
                   "Infection mean HU"]
         regions = (("Left lung", result.left), ("Right lung", result.right), ("Both lungs", result.total))
@@ -314,6 +308,69 @@ class CovidSegLogic(ScriptedLoadableModuleLogic):
         table.SetAttribute("CovidSeg.Bilateral", str(result.bilateral))
         table.SetAttribute(WARNINGS_ATTRIBUTE, WARNING_SEPARATOR.join(result.warnings))
         return table, result
+
+    def model_card(self, model_path: str | None = None):
+        """The card of the model in ``model_path`` (default: the one that segmented last, else the bundled one),
+        read without loading the network."""
+        from pathlib import Path
+
+        from CovidSegLib.engine.model import BUNDLED_CARD, read_card
+
+        model_path = model_path or self._model_path
+        if self._model is not None and (model_path or None) == self._model_path:
+            return self._model.card
+        card_path = Path(model_path) if model_path else BUNDLED_CARD
+        return read_card(card_path.with_suffix(".json") if card_path.suffix == ".safetensors" else card_path)
+
+    # ---- DICOM SEG and SR --------------------------------------------------------------------------------
+    @staticmethod
+    def dicom_instance_uids(volume_node) -> list[str]:
+        """The SOP Instance UIDs of the DICOM files ``volume_node`` was loaded from, which Slicer's DICOM module
+        keeps in its ``DICOM.instanceUIDs`` attribute; empty for a volume read from any other file."""
+        text = volume_node.GetAttribute(DICOM_INSTANCE_UIDS_ATTRIBUTE) if volume_node is not None else None
+        return text.split() if text else []
+
+    @staticmethod
+    def missing_dicom_dependencies() -> list[str]:
+        """What DICOM SEG export needs beyond Slicer (which bundles pydicom): highdicom."""
+        import importlib.util
+
+        return [] if importlib.util.find_spec("highdicom") is not None else ["highdicom"]
+
+    def export_dicom_seg(self, segmentation_node, volume_node, source_files: Sequence[str], path: str,
+                         model_path: str | None = None, sr_path: str | None = None):
+        """Write the CovidSeg segments of ``segmentation_node`` as a DICOM SEG of the series ``volume_node`` was
+        loaded from, through the code ``covidseg segment -o FILE.dcm`` uses (CovidSegLib.io.dicom_seg), and with
+        ``sr_path`` its quantification as a DICOM SR (TID 1500) too. Returns CovidSegLib's ``WrittenSeg``.
+
+        ``source_files``: the series' files, in any order (placed by position), which the widget finds with
+        ``slicer.dicomDatabase.fileForInstance`` for each of :meth:`dicom_instance_uids`; files that do not lie
+        on the volume's grid are refused (InputError). The segments are those matched by name
+        (:meth:`default_mapping`), each described as AUTOMATIC by CovidSeg and the model of :meth:`model_card`:
+        segments edited by hand afterwards are still described so."""
+        from CovidSegLib import __version__
+        from CovidSegLib.io.dicom_seg import AlgorithmIdentity, write_dicom_seg
+        from CovidSegLib.labels import LABELS_BY_VALUE
+
+        mapping = self.default_mapping(segmentation_node)
+        if not mapping:
+            raise ValueError(f"{segmentation_node.GetName()} has no CovidSeg segments (left lung, right lung, "
+                             "infection, ...) to export")
+        labels = self.label_map(segmentation_node, volume_node)
+        geometry = geometry_from_volume_node(volume_node)
+        card = self.model_card(model_path)
+        identity = AlgorithmIdentity(__version__, card.name, card.weights_sha256)
+        written = write_dicom_seg(labels, geometry, path, source_files, identity,
+                                  [LABELS_BY_VALUE[value] for value in sorted(mapping)])
+        if sr_path:
+            from CovidSegLib.measure.dicom_sr import write_quantification_sr
+            from CovidSegLib.measure.quantification import quantify
+            from CovidSegLib.measure.severity import floor_of_card
+
+            hu = np.asarray(slicer.util.arrayFromVolume(volume_node))
+            write_quantification_sr(quantify(labels, geometry, hu, floor_of_card(card)), labels, geometry,
+                                    written.path, sr_path, identity)
+        return written
 
     def _fill_table(self, table_node, name: str, header: list[str], rows: list[list]):
         if table_node is None:
