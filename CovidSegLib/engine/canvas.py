@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .preprocessing import ANALYSIS_PIXEL_MM, body_mask_2d
+from .preprocessing import ANALYSIS_PIXEL_MM, body_from_dense, body_mask_2d
 
 #: Canvas side in pixels and its pixel size: 256 x 1.6 mm = 410 mm, wider than any adult chest's lungs.
 CANVAS_SIZE = 256
@@ -135,22 +135,15 @@ def estimated_pixel_mm(body: np.ndarray) -> float:
 
 
 def body_mask_8bit(image: np.ndarray) -> np.ndarray:
-    """The body of an 8-bit slice (a CLAHE image or a window export): brighter than Otsu's threshold, largest
-    component, holes filled; the same shape rule as the HU body mask."""
+    """The body of an 8-bit slice (a CLAHE image or a window export): brighter than Otsu's threshold, then the
+    HU body mask's rule (opened, largest region, holes filled)."""
     import cv2
 
-    from .preprocessing import fill_holes_2d
     from .morphology import open_in_plane
-    from scipy import ndimage
 
     values = np.asarray(image, dtype=np.uint8)
     threshold, _ = cv2.threshold(values, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    dense = open_in_plane(values > threshold)
-    labels, count = ndimage.label(dense)
-    if count == 0:
-        return dense
-    largest = np.argmax(np.bincount(labels.ravel())[1:]) + 1
-    return fill_holes_2d(labels == largest)
+    return body_from_dense(open_in_plane(values > threshold))
 
 
 def slice_placement(body: np.ndarray, pixel_mm: tuple[float, float] | None, canvas_size: int = CANVAS_SIZE,

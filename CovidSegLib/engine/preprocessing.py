@@ -80,7 +80,11 @@ def fill_holes_2d(mask: np.ndarray) -> np.ndarray:
 
 def body_mask_2d(slice_hu: np.ndarray) -> np.ndarray:
     """The largest dense region of a slice with its holes (lungs) filled: the body, without the table."""
-    dense = open_in_plane(slice_hu > BODY_HU)
+    return body_from_dense(open_in_plane(slice_hu > BODY_HU))
+
+
+def body_from_dense(dense: np.ndarray) -> np.ndarray:
+    """The body from a slice's dense (tissue) pixels: their largest region, holes filled."""
     labels, count = ndimage.label(dense)
     if count == 0:
         return dense

@@ -69,19 +69,7 @@ def augment(images: torch.Tensor, masks: torch.Tensor, config: AugmentConfig, ge
     def uniform(low: float, high: float, size: int = n) -> torch.Tensor:
         return torch.rand(size, generator=generator) * (high - low) + low
 
-    angle = uniform(-config.rotation_degrees, config.rotation_degrees) * math.pi / 180
-    scale = 1.0 / uniform(*config.zoom)  # grid scale < 1 zooms in
-    flip = torch.where(torch.rand(n, generator=generator) < config.flip_probability, -1.0, 1.0)
-    cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
-    theta = torch.stack([
-        torch.stack([cos * flip, -sin, uniform(-config.shift, config.shift)], dim=1),
-        torch.stack([sin * flip, cos, uniform(-config.shift, config.shift)], dim=1),
-    ], dim=1)
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-    if config.elastic > 0:  # elastic: a 5x5 random displacement field, smoothly upsampled to the image
-        coarse = torch.randn((n, 2, 5, 5), generator=generator) * config.elastic
-        field = F.interpolate(coarse, size=images.shape[-2:], mode="bicubic", align_corners=True)
-        grid = grid + field.permute(0, 2, 3, 1)
+    grid = random_grid(n, images.shape[-2:], config, generator)
     images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     masks = (F.grid_sample(masks, grid, mode="bilinear", padding_mode="zeros", align_corners=False) > 0.5).float()
 
@@ -97,6 +85,29 @@ def augment(images: torch.Tensor, masks: torch.Tensor, config: AugmentConfig, ge
     sigma = uniform(0, config.noise_sigma).view(n, 1, 1, 1)
     images = images + torch.randn(images.shape, generator=generator) * sigma
     return images.clamp(0, 1), masks
+
+
+def random_grid(n: int, size: tuple[int, int], config: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
+    """The sampling grid of one batch's geometry: rotation, zoom, left-right flip, shift, and a small elastic
+    deformation (a 5x5 random displacement field, smoothly upsampled). The draws come in one fixed order, so runs
+    recorded before this was a function resume bit for bit."""
+    def uniform(low: float, high: float) -> torch.Tensor:
+        return torch.rand(n, generator=generator) * (high - low) + low
+
+    angle = uniform(-config.rotation_degrees, config.rotation_degrees) * math.pi / 180
+    scale = 1.0 / uniform(*config.zoom)  # grid scale < 1 zooms in
+    flip = torch.where(torch.rand(n, generator=generator) < config.flip_probability, -1.0, 1.0)
+    cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
+    theta = torch.stack([
+        torch.stack([cos * flip, -sin, uniform(-config.shift, config.shift)], dim=1),
+        torch.stack([sin * flip, cos, uniform(-config.shift, config.shift)], dim=1),
+    ], dim=1)
+    grid = F.affine_grid(theta, [n, 1, *size], align_corners=False)
+    if config.elastic > 0:
+        coarse = torch.randn((n, 2, 5, 5), generator=generator) * config.elastic
+        field = F.interpolate(coarse, size=tuple(size), mode="bicubic", align_corners=True)
+        grid = grid + field.permute(0, 2, 3, 1)
+    return grid
 
 
 def _lower_resolution(images: torch.Tensor, config: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
@@ -153,19 +164,7 @@ def augment_anatomy(images: torch.Tensor, masks: torch.Tensor, config: AugmentCo
         return torch.rand(size, generator=generator) * (high - low) + low
 
     present = images[:, 2:3, :1, :1].clone()
-    angle = uniform(-config.rotation_degrees, config.rotation_degrees) * math.pi / 180
-    scale = 1.0 / uniform(*config.zoom)
-    flip = torch.where(torch.rand(n, generator=generator) < config.flip_probability, -1.0, 1.0)
-    cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
-    theta = torch.stack([
-        torch.stack([cos * flip, -sin, uniform(-config.shift, config.shift)], dim=1),
-        torch.stack([sin * flip, cos, uniform(-config.shift, config.shift)], dim=1),
-    ], dim=1)
-    grid = F.affine_grid(theta, [n, 2, *images.shape[-2:]], align_corners=False)
-    if config.elastic > 0:
-        coarse = torch.randn((n, 2, 5, 5), generator=generator) * config.elastic
-        field = F.interpolate(coarse, size=images.shape[-2:], mode="bicubic", align_corners=True)
-        grid = grid + field.permute(0, 2, 3, 1)
+    grid = random_grid(n, images.shape[-2:], config, generator)
     moved = F.grid_sample(images[:, :2], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     masks = (F.grid_sample(masks, grid, mode="bilinear", padding_mode="zeros", align_corners=False) > 0.5).float()
     structure, density = moved[:, :1], moved[:, 1:2]
