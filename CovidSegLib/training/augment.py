@@ -65,26 +65,36 @@ def augment(images: torch.Tensor, masks: torch.Tensor, config: AugmentConfig, ge
     n = images.shape[0]
     if config.copy_paste_probability > 0 and labelled is not None:
         images, masks = paste_lesions(images, masks, labelled, config.copy_paste_probability, generator)
-
-    def uniform(low: float, high: float, size: int = n) -> torch.Tensor:
-        return torch.rand(size, generator=generator) * (high - low) + low
-
     grid = random_grid(n, images.shape[-2:], config, generator)
     images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     masks = (F.grid_sample(masks, grid, mode="bilinear", padding_mode="zeros", align_corners=False) > 0.5).float()
 
-    low = uniform(-config.window_jitter, config.window_jitter).view(n, 1, 1, 1)
-    high = 1 + uniform(-config.window_jitter, config.window_jitter).view(n, 1, 1, 1)
+    return degrade(jitter_contrast(images, config, generator), config, generator), masks
+
+
+def _uniform(n: int, low: float, high: float, generator: torch.Generator) -> torch.Tensor:
+    return (torch.rand(n, generator=generator) * (high - low) + low).view(n, 1, 1, 1)
+
+
+def jitter_contrast(images: torch.Tensor, config: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
+    """Another scanner's contrast: window, gamma, contrast and brightness jitter of images in 0..1."""
+    n = images.shape[0]
+    low = _uniform(n, -config.window_jitter, config.window_jitter, generator)
+    high = 1 + _uniform(n, -config.window_jitter, config.window_jitter, generator)
     images = ((images - low) / (high - low)).clamp(0, 1)
-    images = images ** uniform(*config.gamma).view(n, 1, 1, 1)
-    images = images * uniform(*config.contrast).view(n, 1, 1, 1) + uniform(
-        -config.brightness, config.brightness).view(n, 1, 1, 1)
+    images = images ** _uniform(n, *config.gamma, generator)
+    return images * _uniform(n, *config.contrast, generator) + _uniform(n, -config.brightness, config.brightness,
+                                                                        generator)
+
+
+def degrade(images: torch.Tensor, config: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
+    """Lower resolution, blur and noise (coarse CT, smooth kernels, thick slices, low dose), clamped to 0..1."""
+    n = images.shape[0]
     images = _lower_resolution(images, config, generator)
     blur = (torch.rand(n, generator=generator) < config.blur_probability).view(n, 1, 1, 1)
     images = torch.where(blur, F.avg_pool2d(images, 3, stride=1, padding=1), images)
-    sigma = uniform(0, config.noise_sigma).view(n, 1, 1, 1)
-    images = images + torch.randn(images.shape, generator=generator) * sigma
-    return images.clamp(0, 1), masks
+    sigma = _uniform(n, 0, config.noise_sigma, generator)
+    return (images + torch.randn(images.shape, generator=generator) * sigma).clamp(0, 1)
 
 
 def random_grid(n: int, size: tuple[int, int], config: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
@@ -160,27 +170,15 @@ def augment_anatomy(images: torch.Tensor, masks: torch.Tensor, config: AugmentCo
     both images and the masks, the contrast jitter on the structure image only, and the flag kept as it was."""
     n = images.shape[0]
 
-    def uniform(low: float, high: float, size: int = n) -> torch.Tensor:
-        return torch.rand(size, generator=generator) * (high - low) + low
-
     present = images[:, 2:3, :1, :1].clone()
     grid = random_grid(n, images.shape[-2:], config, generator)
     moved = F.grid_sample(images[:, :2], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     masks = (F.grid_sample(masks, grid, mode="bilinear", padding_mode="zeros", align_corners=False) > 0.5).float()
     structure, density = moved[:, :1], moved[:, 1:2]
 
-    low = uniform(-config.window_jitter, config.window_jitter).view(n, 1, 1, 1)
-    high = 1 + uniform(-config.window_jitter, config.window_jitter).view(n, 1, 1, 1)
-    structure = ((structure - low) / (high - low)).clamp(0, 1)
-    structure = structure ** uniform(*config.gamma).view(n, 1, 1, 1)
-    structure = structure * uniform(*config.contrast).view(n, 1, 1, 1) + uniform(
-        -config.brightness, config.brightness).view(n, 1, 1, 1)
-    density = density + uniform(-config.density_offset, config.density_offset).view(n, 1, 1, 1)
-    both = _lower_resolution(torch.cat([structure, density], dim=1), config, generator)
-    blur = (torch.rand(n, generator=generator) < config.blur_probability).view(n, 1, 1, 1)
-    both = torch.where(blur, F.avg_pool2d(both, 3, stride=1, padding=1), both)
-    sigma = uniform(0, config.noise_sigma).view(n, 1, 1, 1)
-    both = (both + torch.randn(both.shape, generator=generator) * sigma).clamp(0, 1)
+    structure = jitter_contrast(structure, config, generator)
+    density = density + _uniform(n, -config.density_offset, config.density_offset, generator)
+    both = degrade(torch.cat([structure, density], dim=1), config, generator)
     if config.density_dropout > 0 and labelled is not None:
         no_infection = labelled[:, INFECTION].bool() & (masks[:, INFECTION].flatten(1).amax(dim=1) == 0)
         hidden = (torch.rand(n, generator=generator) < config.density_dropout) & no_infection
