@@ -485,7 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "halved automatically when GPU memory runs out)")
     segment.add_argument("--float32", action="store_true",
                          help="run the network in float32 on the CPU (default: int8 convolutions on x86 CPUs when the "
-                         "model card is calibrated for them, faster; see the README for how far the two agree)")
+                         "model card is calibrated for them, faster; docs/speed.md says how far the two agree)")
     segment.add_argument("--quiet", action="store_true", help="no progress display")
     segment.add_argument("--allow-empty", action="store_true",
                          help="write an empty segmentation when no lung is found (default: an error, exit code 3)")
