@@ -223,6 +223,27 @@ def test_empty_segments_are_described_and_an_all_empty_seg_keeps_its_frames(seri
     assert not seg_label_map(seg, source_datasets(series["ctchest"])).any()
 
 
+def test_an_sr_of_no_lung_codes_no_severity(series, tmp_path: Path) -> None:
+    """No lung found (an --allow-empty result): the SR holds the volumes (0 mL) but no MosMedData category, since
+    none was assessed; CT-0 would tell the PACS "no disease"."""
+    from CovidSegLib.measure.dicom_sr import SEVERITY, sr_path_for, write_quantification_sr
+    from CovidSegLib.measure.severity import FalseInfectionFloor
+
+    ct = read_volume(series["ctchest"])
+    labels = np.zeros(ct.geometry.array_shape, np.uint8)
+    seg = write_dicom_seg(labels, ct.geometry, tmp_path / "empty.dcm", series_files(series["ctchest"]), IDENTITY,
+                          SPLIT_OUTPUT_LABELS)
+    figures = quantify(labels, ct.geometry, ct.array, FalseInfectionFloor(15.0, ("x: 15.0 mL",), "m"))
+    assert figures.severity == "not assessed"
+    written = write_quantification_sr(figures, labels, ct.geometry, seg.path, sr_path_for(seg.path), IDENTITY)
+    sr = hd.sr.srread(written.path)
+    assert read_severity(sr) is None
+    assert read_measurements(sr)[("Both lungs involvement", "Volume")] == 0
+    codes = {str(element.value) for element in sr.iterall() if element.keyword == "CodeValue"}
+    assert "INFVOL" in codes  # what is there is found
+    assert SEVERITY[0] not in codes and "CT-0" not in codes
+
+
 def test_source_files_in_any_order_land_on_their_slices(series, tmp_path: Path) -> None:
     ct = read_volume(series["ctchest"])
     labels = np.zeros(ct.geometry.array_shape, np.uint8)

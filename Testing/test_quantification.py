@@ -15,7 +15,7 @@ from CovidSegLib.io.reading import read_segmentation, read_volume
 
 @pytest.mark.parametrize("percent, category", [
     (0.0, "CT-0"), (1e-9, "CT-1"), (24.999, "CT-1"), (25.0, "CT-2"), (49.999, "CT-2"), (50.0, "CT-3"),
-    (75.0, "CT-3"), (75.001, "CT-4"), (100.0, "CT-4"), (math.nan, "CT-0"),
+    (75.0, "CT-3"), (75.001, "CT-4"), (100.0, "CT-4"), (math.nan, "not assessed"),
 ])
 def test_severity_category_edges(percent: float, category: str) -> None:
     assert severity_category(percent) == category

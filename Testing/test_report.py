@@ -288,3 +288,31 @@ def test_no_floor_note_when_the_infection_is_above_it(reported) -> None:
     assert document["total"]["infection_ml"] > document["false_infection_floor_ml"]
     assert document["false_infection_note"] == ""
     assert 'id="false-infection"' not in (out / "report.html").read_text(encoding="utf-8")
+
+
+def test_no_lung_is_not_assessed_and_no_infection_draws_no_floor_note(volumes: Path, tmp_path: Path) -> None:
+    """An --allow-empty result (no lung found) has no involvement to grade: "not assessed" in the report, its
+    JSON and CSV row, never CT-0 ("no disease"). And 0 mL of infection is not "possibly false infection"."""
+    from CovidSegLib.measure.report import csv_row
+    from CovidSegLib.measure.severity import FalseInfectionFloor
+
+    ct = prepare_ct(read_volume(volumes / "ctchest4.nrrd"))
+    floor = FalseInfectionFloor(15.0, ("somewhere: 15.0 mL",), "m")
+    empty = np.zeros(ct.array.shape, np.uint8)
+    written, result = write_report(ct, empty, tmp_path / "empty", "empty", floor=floor)
+    assert result.severity == "not assessed" and result.severity_reason.startswith("not assessed: no lung found")
+    document = json.loads(written["json"].read_text(encoding="utf-8"))
+    assert document["severity"] == "not assessed" and document["false_infection_note"] == ""
+    page = written["html"].read_text(encoding="utf-8")
+    assert "Severity <b>not assessed</b>: no lung was found." in page and "CT-0</b>" not in page
+    assert 'id="false-infection"' not in page
+    assert csv_row("empty", result)["severity"] == "not assessed"
+    assert next(csv.DictReader(written["csv"].open(encoding="utf-8")))["severity"] == "not assessed"
+
+    layer = read_segmentation(volumes / "ctchest4.seg.nrrd").layers[0]
+    lungs = np.where(layer == 6, 1, np.where(layer == 5, 2, 0)).astype(np.uint8)
+    written, result = write_report(ct, lungs, tmp_path / "healthy", "healthy", floor=floor)
+    assert result.severity == "CT-0" and result.severity_reason == "CT-0: no infection found"
+    assert floor.note(0.0) == "" and json.loads(written["json"].read_text())["false_infection_note"] == ""
+    assert 'id="false-infection"' not in written["html"].read_text(encoding="utf-8")
+    assert "may be entirely false infection" in floor.note(1.0)  # some infection within the floor: said

@@ -7,7 +7,9 @@ in a form a reporting system can read without CovidSeg:
   with that segment's volume;
 - one group (TID 1501) per lung and one for both lungs: lung volume including its infection, infection volume and
   percentage of the lung involved (ground-glass opacity and consolidation volumes when the labels tell them
-  apart), and for both lungs the MosMedData CT-0..CT-4 estimate as a qualitative evaluation.
+  apart), and for both lungs the MosMedData CT-0..CT-4 estimate as a qualitative evaluation. A case in which no
+  lung was found has no category (its severity is "not assessed"): the evaluation is left out rather than coded
+  as CT-0, which a reporting system would read as "no disease".
 
 Volumes use SNOMED CT's Volume with the lung and its laterality as finding site. DICOM has no codes for "infection
 volume", "percentage of lung involved" or the MosMedData categories, so those are in CovidSeg's private coding
@@ -32,6 +34,7 @@ from ..io.volume import Geometry
 from ..io.writing import atomic_output, check_not_protected
 from ..labels import LEFT, LUNG, RIGHT, LabelInfo
 from .quantification import LungFigures, Quantification
+from .severity import NOT_ASSESSED
 
 if TYPE_CHECKING:
     import highdicom
@@ -158,6 +161,11 @@ def involvement_group(name: str, figures: LungFigures, laterality, identity: Alg
         algorithm_id=algorithm_id(identity), measurements=measurements, qualitative_evaluations=evaluations)
 
 
+def coded_severity(quantification: Quantification) -> str | None:
+    """The category the SR codes: None (no qualitative evaluation) where it was not assessed (no lung found)."""
+    return None if quantification.severity == NOT_ASSESSED else quantification.severity
+
+
 def build_quantification_sr(seg, labels: np.ndarray, geometry: Geometry, quantification: Quantification,
                             identity: AlgorithmIdentity) -> "highdicom.sr.Comprehensive3DSR":
     """The SR of ``quantification`` for the SEG dataset ``seg`` made from ``labels`` on ``geometry``."""
@@ -175,7 +183,7 @@ def build_quantification_sr(seg, labels: np.ndarray, geometry: Geometry, quantif
     groups = segment_groups(seg, labels, geometry.voxel_volume_ml, identity) + [
         involvement_group(LUNG_GROUPS[0], quantification.left, LEFT, identity),
         involvement_group(LUNG_GROUPS[1], quantification.right, RIGHT, identity),
-        involvement_group(LUNG_GROUPS[2], quantification.total, None, identity, quantification.severity),
+        involvement_group(LUNG_GROUPS[2], quantification.total, None, identity, coded_severity(quantification)),
     ]
     report = MeasurementReport(observation_context=context,
                                procedure_reported=CodedConcept(CT_CHEST[0], CT_CHEST[1], CT_CHEST[2]),
@@ -224,7 +232,7 @@ def read_measurements(sr) -> dict[tuple[str, str], float]:
 
 
 def read_severity(sr) -> str | None:
-    """The MosMedData category the SR holds (in its both-lungs group)."""
+    """The MosMedData category the SR holds (in its both-lungs group); None where it holds none (not assessed)."""
     import highdicom
 
     if not isinstance(sr, highdicom.sr.Comprehensive3DSR):
@@ -254,7 +262,7 @@ def verify_quantification_sr(path: Path, seg, quantification: Quantification, sh
     for name, figures in zip(LUNG_GROUPS, (quantification.left, quantification.right, quantification.total)):
         if not math.isclose(measured.get((name, "Volume"), math.nan), figures.volume_ml, abs_tol=1e-3):
             problems.append(f"its {name.lower()} volume is not the quantification's")
-    if read_severity(sr) != quantification.severity:
+    if read_severity(sr) != coded_severity(quantification):
         problems.append("its severity is not the quantification's")
     if problems:
         raise OutputError(f"{shown_as}: the DICOM SR written does not read back right: {'; '.join(problems)}")

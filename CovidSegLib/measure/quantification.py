@@ -6,7 +6,8 @@ Conventions:
   label map stores infection as one label.
 - Severity follows MosMedData's CT-0..CT-4 on the involvement of both lungs together, except that infection
   within the model's measured false infection on CT without COVID-19 is CT-0 (:mod:`.severity`, which also
-  words the reason). It is an automatic estimate from an automatic segmentation, and every output says so.
+  words the reason); where no lung was found it is "not assessed". It is an automatic estimate from an automatic
+  segmentation, and every output says so.
 - Each region's aeration (well, poorly and non-aerated lung by HU thresholds, :mod:`.aeration`) is measured on
   the same voxels as its volume, when the CT is given.
 """

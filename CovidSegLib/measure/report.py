@@ -26,7 +26,7 @@ from ..labels import INFECTION_VALUES, LABELS, LEFT_LUNG, RIGHT_LUNG
 from ..io.orientation import to_canonical
 from .aeration import AERATION_NOTE, BAND_KEYS, BANDS
 from .quantification import Quantification, attribute_infection, quantify
-from .severity import CATEGORY_BANDS, FalseInfectionFloor, false_infection_floor, floor_of_card
+from .severity import CATEGORY_BANDS, NOT_ASSESSED, FalseInfectionFloor, false_infection_floor, floor_of_card
 from ..io.volume import Volume
 from ..io.writing import atomic_output, write_text
 
@@ -209,6 +209,8 @@ def _html(case: str, result: Quantification, pictures: dict[str, bytes], sources
     warnings = "".join(f"<li>{html.escape(w)}</li>" for w in result.warnings)
     # "bilateral" describes disease: infection the floor calls indistinguishable from false infection is not
     bilateral = ", bilateral" if result.bilateral and result.severity != "CT-0" else ""
+    involved = ("no lung was found" if result.severity == NOT_ASSESSED else
+                f"{number(result.total.involvement_percent)}% of both lungs involved{bilateral}")
     legend = "ground-glass opacity yellow, consolidation purple" if split else "infection red"
     images = "".join(
         f'<figure><img alt="{name[:-4]}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
@@ -221,8 +223,7 @@ td,th{{border:1px solid #999;padding:4px 10px;text-align:right}}th{{text-align:l
 figure{{display:inline-block;margin:0.5em}}img{{max-width:34em;background:#000}}
 .severity{{font-size:1.4em}}.note{{color:#a33}}</style></head>
 <body><h1>CovidSeg report: {html.escape(case)}</h1>
-<p class="severity" id="severity">Severity <b>{result.severity}</b>: {number(result.total.involvement_percent)}% of
-both lungs involved{bilateral}.</p>
+<p class="severity" id="severity">Severity <b>{result.severity}</b>: {involved}.</p>
 <p id="severity-reason">{html.escape(result.severity_reason)}.</p>
 <p class="note">{html.escape(result.severity_note)}. Categories (MosMedData): {CATEGORY_BANDS}; infection
 within what the model finds on CT without COVID-19 is CT-0.</p>

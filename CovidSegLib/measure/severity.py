@@ -6,6 +6,10 @@ model's measured false infection on CT without COVID-19 (its *floor*, from the m
 cannot be told from what the model calls infection on a healthy CT. Slicer's CTChest (no COVID-19) is the case
 in point: the bundled model finds 1.8 mL there, 0.03 % of the lungs, which the bands alone call CT-1.
 
+Where no lung was found (an ``--allow-empty`` result) there is no involvement to grade: the severity is
+:data:`NOT_ASSESSED`, never CT-0, which would tell a PACS or a cohort table "no disease" about a case that was
+never measured.
+
 The floor is the largest false infection the card records on CT the model never saw and whose geometry drew no
 warning, taken from two kinds of figures:
 
@@ -29,10 +33,15 @@ FALSE_INFECTION_KEY = "false_infection_ml"
 #: The recipe's own k-fold figures are read from ``infection_floor.cross_validation`` instead.
 OTHER_MODELS_SCORES = ("cross_validation", "leave_one_source_out", "stage_1")
 CATEGORY_BANDS = "CT-0 no involvement, CT-1 under 25%, CT-2 25% to under 50%, CT-3 50% to 75%, CT-4 over 75%"
+#: The severity of a case in which no lung was found (involvement is NaN): no category at all.
+NOT_ASSESSED = "not assessed"
 
 
 def severity_category(involvement_percent: float) -> str:
-    """MosMedData CT-0..CT-4 from the percentage of both lungs involved (bands in the module docstring)."""
+    """MosMedData CT-0..CT-4 from the percentage of both lungs involved (bands in the module docstring);
+    :data:`NOT_ASSESSED` for NaN (no lung, so no percentage of it)."""
+    if math.isnan(involvement_percent):
+        return NOT_ASSESSED
     if not involvement_percent > 0:
         return "CT-0"
     if involvement_percent < 25:
@@ -60,8 +69,9 @@ class FalseInfectionFloor:
         return infection_ml <= self.ml
 
     def note(self, infection_ml: float) -> str:
-        """What to say next to the severity (empty when the infection found is above the floor)."""
-        if not self.holds(infection_ml):
+        """What to say next to the severity: empty when the infection found is above the floor, and when none was
+        found (0 mL cannot be false infection)."""
+        if not infection_ml > 0 or not self.holds(infection_ml):
             return ""
         return (f"The {infection_ml:.1f} mL of infection found is within the {self.ml:.0f} mL that model "
                 f"{self.model} called infection on CT without COVID-19 ({'; '.join(self.measured_on)}; model "
@@ -131,8 +141,8 @@ def grade(involvement_percent: float, infection_ml: float, floor: FalseInfection
     15 mL this model finds on CT without COVID-19; ...")``; where the floor was measured is in
     :meth:`FalseInfectionFloor.note`."""
     by_involvement = severity_category(involvement_percent)
-    if math.isnan(involvement_percent):
-        return by_involvement, f"{by_involvement}: no lung found, so no involvement can be measured"
+    if by_involvement == NOT_ASSESSED:
+        return NOT_ASSESSED, f"{NOT_ASSESSED}: no lung found, so no involvement can be measured"
     if infection_ml <= 0:
         return "CT-0", "CT-0: no infection found"
     if floor is not None and floor.holds(infection_ml):
