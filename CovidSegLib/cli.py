@@ -322,6 +322,15 @@ def segment_usage_problem(args: argparse.Namespace) -> str | None:
         return "--study, --store and --dicomweb-credentials go with --dicomweb URL"
     if args.dicomweb and not args.study:
         return "--dicomweb needs --study UID (and --series UID for a study with several image series)"
+    if args.dicomweb and (args.report or args.part is not None):
+        return ("--report and --part go with a local CT or folder, not --dicomweb (--sr writes the quantification "
+                "as a DICOM SR)")
+    if args.dicomweb:
+        from .pacs.uids import uid_problem
+
+        problem = uid_problem(args.study, "--study") or (uid_problem(args.series, "--series") if args.series else None)
+        if problem:
+            return problem
     if args.output is None and not (args.dicomweb and args.store):
         return "-o/--output is required (only --dicomweb ... --store may go without)"
     out = Path(args.output) if args.output else None

@@ -4,20 +4,22 @@ instances (STOW-RS), and say in one sentence what went wrong.
 Every failure becomes a CovidSegError whose message names the server by its address without credentials and what
 happened (cannot connect, sign-in refused, no such study, the store refused and why); nothing raw from the HTTP
 library is shown, since its messages are long and may repeat request details. What is read is an input
-(:class:`InputError`, exit 3), what is refused on storing an output (:class:`OutputError`, exit 4).
+(:class:`InputError`, exit 3), what is refused on storing an output (:class:`OutputError`, exit 4). Every UID put
+into a URL or a file name is checked to be one first (:mod:`.uids`).
 
 dicomweb-client and requests are imported inside the functions.
 """
 
 from __future__ import annotations
 
-import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from ..errors import InputError, OutputError
 from .credentials import Credentials, display_url
+from .uids import is_uid, uid_problem
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -31,7 +33,11 @@ ATTEMPTS = 3
 RETRY_WAIT_MULTIPLIER_MS = 500
 #: Series of these modalities are results or documents, not images: never candidates for segmenting.
 NOT_IMAGES = {"SEG", "SR", "PR", "KO", "DOC", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "REG", "FID", "PLAN"}
-SAFE_FILE_NAME = re.compile(r"^[0-9.]{1,64}$")
+#: After a store, QIDO-RS is asked this often whether it lists the instance, waiting LISTING_WAIT_S, then twice
+#: that, ... in between (1.75 s in all), before an instance the server accepted is called missing: a server may
+#: index what it received a moment after answering.
+LISTING_ATTEMPTS = 4
+LISTING_WAIT_S = 0.25
 
 
 class DuplicateInstance(Exception):
@@ -120,6 +126,7 @@ class DicomWebServer:
     # ---- reading -----------------------------------------------------------------------------------------
     def series_of_study(self, study_uid: str) -> list[SeriesSummary]:
         """The study's series; a study the server does not have is an InputError."""
+        self._check_read_uids(f"study {study_uid}", study=study_uid)
         try:
             found = self.client().search_for_series(study_instance_uid=study_uid,
                                                     fields=["Modality", "NumberOfSeriesRelatedInstances"])
@@ -133,8 +140,9 @@ class DicomWebServer:
                         progress: Callable[[int], None] | None = None) -> list[Path]:
         """Write every instance of the series into ``folder`` as ``<SOPInstanceUID>.dcm``; refuse a series the
         server sends fewer (or more) instances of than it listed, or none."""
-        folder.mkdir(parents=True, exist_ok=True)
         where = f"study {study_uid}, series {series_uid}"
+        self._check_read_uids(where, study=study_uid, series=series_uid)
+        folder.mkdir(parents=True, exist_ok=True)
         written: list[Path] = []
         try:
             for dataset in self.client().iter_series(study_uid, series_uid):
@@ -154,18 +162,54 @@ class DicomWebServer:
                                                           f"{len(written)}")
         return written
 
-    def has_instance(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> bool:
+    def _check_read_uids(self, where: str, **uids: str) -> None:
+        """Refuse (InputError naming the server) a study or series "UID" that is not one, before any request."""
+        for what, uid in uids.items():
+            problem = uid_problem(uid, f"the {what} UID")
+            if problem:
+                raise InputError(f"{self.display} ({where})", problem)
+
+    @staticmethod
+    def _stored_uid_problem(dataset: "Dataset") -> str | None:
+        for what, keyword in (("study", "StudyInstanceUID"), ("series", "SeriesInstanceUID"),
+                              ("SOP instance", "SOPInstanceUID")):
+            problem = uid_problem(str(dataset.get(keyword, "")), f"its {what} UID")
+            if problem:
+                return problem
+        return None
+
+    def lists_instance(self, dataset: "Dataset", what: str) -> bool:
+        """Whether QIDO-RS lists the instance in its study and series. A query that fails says nothing either way:
+        it is an OutputError, never "not there"."""
+        study, series, sop = (str(dataset.StudyInstanceUID), str(dataset.SeriesInstanceUID),
+                              str(dataset.SOPInstanceUID))
         try:
-            found = self.client().search_for_instances(study_instance_uid=study_uid, series_instance_uid=series_uid,
-                                                       search_filters={"SOPInstanceUID": sop_instance_uid})
-        except Exception:
-            return False
+            found = self.client().search_for_instances(study_instance_uid=study, series_instance_uid=series,
+                                                       search_filters={"SOPInstanceUID": sop})
+        except Exception as error:
+            raise OutputError(f"{self.display}: {self.problem(error, f'asking whether it lists the {what}')}"
+                              ) from None
         return bool(found)
+
+    def wait_until_listed(self, dataset: "Dataset", what: str) -> bool:
+        """Ask (QIDO-RS) whether the instance just stored is listed, up to :data:`LISTING_ATTEMPTS` times, waiting
+        longer each time; False if it never is; OutputError if a query fails."""
+        wait = LISTING_WAIT_S
+        for attempt in range(LISTING_ATTEMPTS):
+            if self.lists_instance(dataset, what):
+                return True
+            if attempt + 1 < LISTING_ATTEMPTS:
+                time.sleep(wait)
+                wait *= 2
+        return False
 
     # ---- writing -----------------------------------------------------------------------------------------
     def store(self, dataset: "Dataset", what: str) -> None:
         """STOW-RS one instance into its study; OutputError saying why when the server does not take it."""
         study = str(dataset.StudyInstanceUID)
+        problem = self._stored_uid_problem(dataset)
+        if problem:
+            raise OutputError(f"{self.display}: storing the {what}: {problem}")
         try:
             response = self.client().store_instances([dataset], study_instance_uid=study)
         except Exception as error:
@@ -179,6 +223,9 @@ class DicomWebServer:
     def delete(self, dataset: "Dataset") -> str | None:
         """Try to remove a stored instance (not part of the DICOMweb standard, so many servers refuse);
         None when done, else why not."""
+        problem = self._stored_uid_problem(dataset)
+        if problem:
+            return problem
         try:
             self.client().delete_instance(str(dataset.StudyInstanceUID), str(dataset.SeriesInstanceUID),
                                           str(dataset.SOPInstanceUID))
@@ -207,7 +254,7 @@ def save_instance(dataset: "Dataset", folder: Path, index: int) -> Path:
     """Write one downloaded instance as a DICOM file named after its SOP Instance UID (an index when the UID is
     not a plain UID, so a server cannot choose where the file goes). The same instance twice is refused."""
     uid = str(dataset.get("SOPInstanceUID", ""))
-    name = f"{uid}.dcm" if SAFE_FILE_NAME.match(uid) else f"instance{index:05d}.dcm"
+    name = f"{uid}.dcm" if is_uid(uid) else f"instance{index:05d}.dcm"
     path = folder / name
     if path.exists():
         raise DuplicateInstance(f"the server sent instance {uid} twice")

@@ -5,12 +5,10 @@ The series is downloaded into a temporary folder and segmented by the very code 
 unreadable files, not a CT in HU, no lung) with the same errors and exit codes; only the errors name the server,
 study and series instead of the temporary folder, which is removed afterwards in every case.
 
-Storing is all or nothing as far as a DICOMweb server allows. The DICOM SEG and the SR are written, read back
-and checked locally first (:mod:`CovidSegLib.io.dicom_seg`, :mod:`CovidSegLib.measure.dicom_sr`); only when both
-exist and verify is anything sent. They are sent one at a time, the SEG first: the SR references the SEG, so the
-only partial state a refusal can leave is a SEG without its SR, which is complete and correct on its own. If the
-server then refuses the SR, CovidSeg asks it to delete the SEG again (DICOMweb has no standard delete; Orthanc's
-plugin, for one, does not offer it) and says in the error whether that worked or which SEG is left to remove.
+The series goes into a folder of a fixed name inside the temporary folder, never one named after a UID the server
+sent; every UID used in a path or a URL is checked to be one (:mod:`.uids`). Storing is :mod:`.store`'s: the DICOM
+SEG and the SR are written, read back and checked locally first (:mod:`CovidSegLib.io.dicom_seg`,
+:mod:`CovidSegLib.measure.dicom_sr`), and only when both exist and verify is anything sent.
 """
 
 from __future__ import annotations
@@ -25,10 +23,16 @@ from ..engine.model import LoadedModel
 from ..engine.pipeline import SegmentOptions, algorithm_identity, output_path_for, segment_file
 from ..errors import InputError, OutputError
 from ..io.dicom_seg import is_dicom_seg_path
+from ..io.reading import choose_dicom_series
 from ..io.writing import LABEL_SUFFIXES, check_output_folder, output_suffix, write_label_map
 from ..measure.dicom_sr import write_sr_beside_seg
 from ..measure.severity import floor_of_card
 from .dicomweb import DicomWebServer, SeriesSummary, image_series
+from .store import store_results
+from .uids import uid_problem
+
+#: The download folder's name inside the temporary folder (fixed: a name from the server could escape it).
+DOWNLOAD_FOLDER = "series"
 
 
 @dataclass(frozen=True)
@@ -101,8 +105,7 @@ def segment_from_dicomweb(request: DicomWebRequest, chosen: SeriesSummary | None
     check_local_output(output)
     with tempfile.TemporaryDirectory(prefix="covidseg-dicomweb-") as work:
         work_path = Path(work)
-        series_uid = chosen.uid if chosen is not None else (request.series_uid or "study")
-        folder = work_path / series_uid
+        folder = work_path / DOWNLOAD_FOLDER
         say(f"downloading {f'series {chosen.uid} ({chosen.instances} instances)' if chosen else 'the image series'} "
             f"of study {request.study_uid} from {request.server.display}")
         if chosen is not None:
@@ -117,13 +120,31 @@ def segment_from_dicomweb(request: DicomWebRequest, chosen: SeriesSummary | None
         return trip
 
 
+def downloaded_series_uid(folder: Path) -> str:
+    """The series the local rule reads from the download (all image series of the study, when the server gave no
+    counts); refused unless its UID is a UID, since it names the local output."""
+    uid = choose_dicom_series(folder).series_uid
+    problem = uid_problem(uid, "the downloaded series' UID")
+    if problem:
+        raise InputError(folder, problem)
+    return uid
+
+
+def local_output_path(output: Path, series_uid: str, output_format: str) -> Path:
+    """``-o``: the file it names, or ``OUTPUT/<series UID><format>`` for a folder (the rule of a local DICOM folder,
+    named after the series rather than the download folder)."""
+    named = output_path_for(Path(DOWNLOAD_FOLDER), output, output_format, batch=False)
+    return named if named == output else output / f"{series_uid}{named.name[len(DOWNLOAD_FOLDER):]}"
+
+
 def _segment_downloaded(request: DicomWebRequest, model: LoadedModel, options: SegmentOptions, folder: Path,
                         work: Path, output: Path | None, progress: ProgressCallback | None) -> RoundTrip:
-    local = output_path_for(folder, output, options.output_format, batch=False) if output is not None else None
-    seg_path = local if local is not None and is_dicom_seg_path(local) else (
-        work / "segmentation.dcm" if request.store else None)
-    first = seg_path or local
     try:
+        series_uid = options.series or downloaded_series_uid(folder)
+        local = local_output_path(output, series_uid, options.output_format) if output is not None else None
+        seg_path = local if local is not None and is_dicom_seg_path(local) else (
+            work / "segmentation.dcm" if request.store else None)
+        first = seg_path or local
         result = segment_file(folder, first, model, options, progress)
         outputs = [local] if local is not None else []
         if local is not None and local != first:  # a label file here, the SEG for the server in the work folder
@@ -140,45 +161,7 @@ def _segment_downloaded(request: DicomWebRequest, model: LoadedModel, options: S
                          ) from None
     except OutputError as error:
         raise OutputError(str(error).replace(str(work), "<temporary folder>")) from None
-    trip = RoundTrip(result, options.series or folder.name, 0, outputs)
+    trip = RoundTrip(result, series_uid, 0, outputs)
     if request.store:
         trip.stored = store_results(request, [("DICOM SEG", seg_path)] + ([("DICOM SR", sr_path)] if sr_path else []))
     return trip
-
-
-def store_results(request: DicomWebRequest, instances: list[tuple[str, Path]]) -> list[str]:
-    """Store the verified instances in order (SEG, then the SR that references it), confirm each is listed by
-    the server; on a refusal remove what this call already stored, where the server allows it, and say so."""
-    import pydicom
-
-    server = request.server
-    datasets = [(kind, pydicom.dcmread(path)) for kind, path in instances]
-    stored: list[tuple[str, object]] = []
-    for kind, dataset in datasets:
-        what = f"{kind} {dataset.SOPInstanceUID}"
-        try:
-            server.store(dataset, what)
-            if not server.has_instance(str(dataset.StudyInstanceUID), str(dataset.SeriesInstanceUID),
-                                       str(dataset.SOPInstanceUID)):
-                raise OutputError(f"{server.display}: storing the {what}: the server accepted it but does not list "
-                                  "it in the study")
-        except OutputError as error:
-            if not stored:
-                raise
-            raise OutputError(f"{error}; {undo(server, stored)}") from None
-        stored.append((what, dataset))
-    return [what for what, _ in stored]
-
-
-def undo(server: DicomWebServer, stored: list[tuple[str, object]]) -> str:
-    """Remove what was stored before a refusal; the sentence that says how that went."""
-    left = []
-    for what, dataset in stored:
-        problem = server.delete(dataset)
-        if problem is not None:
-            left.append(f"{what} (series {dataset.SeriesInstanceUID}; {problem})")
-    if not left:
-        return f"{' and '.join(what for what, _ in stored)}, stored before, was removed again: nothing is left on " \
-               "the server"
-    return (f"the server keeps {', '.join(left)}: it is complete and correct on its own; delete it there if the "
-            "study should not hold it without its report")
