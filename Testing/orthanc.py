@@ -4,7 +4,13 @@ Each server listens on 127.0.0.1 on a free port, keeps its storage in a temporar
 JSON configuration: the DICOMweb plugin from the Debian package (``orthanc-dicomweb``, plugins in
 :data:`PLUGINS`), basic auth with registered users, or none, an optional Lua script (Orthanc's request and
 instance filters: how the tests make a read-only user, or a server that refuses or drops one instance) and
-optionally HTTPS with a self-signed certificate. Where Orthanc is not installed the tests skip, saying so.
+optionally HTTPS with a self-signed certificate. Where Orthanc is not installed the tests skip, saying so, unless
+:data:`REQUIRE_VARIABLE` is ``1`` (CI sets it, .ci/run): then they fail, so that a CI run cannot pass without a
+single round trip because an install failed.
+
+The binary is ``$ORTHANC`` if set, else ``Orthanc`` on the PATH, else Debian's ``/usr/sbin/Orthanc`` (``/usr/sbin``
+is not on an ordinary user's PATH); the plugins are in ``$ORTHANC_PLUGINS`` or Debian's
+``/usr/share/orthanc/plugins``.
 
 HTTPS is terminated by a small TLS proxy in front of Orthanc (:func:`tls_proxy`): Debian's Orthanc 1.10.1
 crashes (segmentation fault) on the first request to its own HTTPS server.
@@ -27,16 +33,44 @@ from typing import Iterator
 
 PLUGINS = Path(os.environ.get("ORTHANC_PLUGINS", "/usr/share/orthanc/plugins"))
 DICOMWEB_PLUGIN = PLUGINS / "libOrthancDicomWeb.so"
+DEBIAN_BINARY = Path("/usr/sbin/Orthanc")
 START_TIMEOUT_S = 30.0
+#: Seconds the tests' own requests wait for an answer: a stalled server fails a test instead of hanging it.
+REQUEST_TIMEOUT_S = 30.0
+#: Set to 1 (CI does): the Orthanc tests fail where Orthanc, its plugin or openssl is missing, instead of skipping.
+REQUIRE_VARIABLE = "COVIDSEG_REQUIRE_ORTHANC"
+
+
+def binary() -> str | None:
+    """The Orthanc executable (see the module docstring), or None."""
+    if os.environ.get("ORTHANC"):
+        return os.environ["ORTHANC"] if Path(os.environ["ORTHANC"]).is_file() else None
+    found = shutil.which("Orthanc")
+    if found:
+        return found
+    return str(DEBIAN_BINARY) if DEBIAN_BINARY.is_file() and os.access(DEBIAN_BINARY, os.X_OK) else None
 
 
 def unavailable() -> str | None:
     """Why the Orthanc tests cannot run here, or None."""
-    if shutil.which("Orthanc") is None:
+    if binary() is None:
         return "Orthanc is not installed (apt-get install orthanc orthanc-dicomweb; scripts/test.sh does it as root)"
     if not DICOMWEB_PLUGIN.is_file():
         return f"Orthanc's DICOMweb plugin is not installed ({DICOMWEB_PLUGIN.name} not in {PLUGINS})"
     return None
+
+
+def required() -> bool:
+    return os.environ.get(REQUIRE_VARIABLE) == "1"
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip the test for ``reason``, or fail it where the Orthanc tests are required (:data:`REQUIRE_VARIABLE`)."""
+    import pytest
+
+    if required():
+        pytest.fail(f"{reason}, and {REQUIRE_VARIABLE}=1 requires the Orthanc round trip", pytrace=False)
+    pytest.skip(reason)
 
 
 def free_port() -> int:
@@ -81,7 +115,7 @@ class Orthanc:
         session.headers.update(self.headers)
         if self.ca_bundle is not None:  # and REQUESTS_CA_BUNDLE in the environment may not override it
             session.verify, session.trust_env = str(self.ca_bundle), False
-        return DICOMwebClient(self.dicomweb, session=session)
+        return DICOMwebClient(self.dicomweb, session=session, timeout=REQUEST_TIMEOUT_S)
 
     def upload(self, folder: Path) -> tuple[str, str]:
         """STOW-RS every file of a DICOM series folder; returns (study UID, series UID)."""
@@ -127,7 +161,7 @@ def running_orthanc(folder: Path, users: dict[str, str] | None = None, lua: str 
     (folder / "orthanc.json").write_text(json.dumps(configuration, indent=2))
     log = folder / "orthanc.log"
     with log.open("w") as log_file:
-        process = subprocess.Popen(["Orthanc", str(folder / "orthanc.json")], cwd=folder, stdout=log_file,
+        process = subprocess.Popen([binary() or "Orthanc", str(folder / "orthanc.json")], cwd=folder, stdout=log_file,
                                    stderr=subprocess.STDOUT)
     with contextlib.ExitStack() as stack:
         stack.callback(lambda: Orthanc("", {}, process, log).stop())

@@ -20,9 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from orthanc import free_port, running_orthanc, unavailable
+from orthanc import free_port, running_orthanc, skip_or_fail, unavailable
 
-pytestmark = pytest.mark.skipif(unavailable() is not None, reason=unavailable() or "")
 pytest.importorskip("torch")
 hd = pytest.importorskip("highdicom")
 
@@ -63,6 +62,15 @@ function IncomingHttpRequestFilter(method, uri, ip, username, httpHeaders)
   return httpHeaders['authorization'] == 'Bearer {TOKEN}'
 end
 """
+
+
+@pytest.fixture(scope="module", autouse=True)
+def orthanc_installed() -> None:
+    """Skipped without Orthanc, saying why; failed instead where CI requires the round trip (orthanc.py). Module
+    scope and autouse: it runs before the fixtures that start the servers."""
+    reason = unavailable()
+    if reason is not None:
+        skip_or_fail(reason)
 
 
 def covidseg(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -269,7 +277,7 @@ def test_an_instance_the_server_says_it_stored_but_drops_is_caught(dropping_serv
 @pytest.fixture(scope="module")
 def secure_server(tmp_path_factory):
     if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed: no certificate for the HTTPS server")
+        skip_or_fail("openssl is not installed: no certificate for the HTTPS server")
     with running_orthanc(tmp_path_factory.mktemp("secure"), None, BEARER_ONLY, https=True) as orthanc:
         orthanc.headers["Authorization"] = f"Bearer {TOKEN}"
         yield orthanc
