@@ -271,12 +271,8 @@ def segment_cohort(args: argparse.Namespace, source: Path, out: Path, model, opt
     """``covidseg segment FOLDER -o OUT [--part I/N]``: every case not verifiably done yet (docs/cohorts.md)."""
     from .cohort.run import CohortPlan, run_cohort
 
-    def write_sr(result, output: Path, ct: Path) -> list[str]:
-        return [f"DICOM SR: {write_case_sr(result, output, model, ct)}"]
-
-    plan = CohortPlan(source, out, args.format, args.part, args.report)
-    outcome = run_cohort(plan, model, options, CohortLines(args.quiet),
-                         write_sr if getattr(args, "sr", False) else None)
+    plan = CohortPlan(source, out, args.format, args.part, args.report, args.sr)
+    outcome = run_cohort(plan, model, options, CohortLines(args.quiet))
     share = f" of part {args.part}" if args.part else ""
     print(f"segmented {outcome.count('done')} of {len(outcome.rows)} cases{share} into {out} "
           f"({outcome.count('skipped')} already done, {outcome.count('failed')} failed); summary {outcome.summary}")

@@ -15,7 +15,12 @@ An output verifies when all of these hold, and is redone otherwise (never truste
 Options that do not change the labels are left out: the device and the batch size (a case made on a GPU
 counts as done when the cohort is resumed on a CPU; the manifest says which device and precision made it).
 The software version is in: outputs of one cohort should come from one version. A DICOM SEG output is checked
-by its sha256 only (it does not read back as a label map)."""
+by its sha256 only (it does not read back as a label map).
+
+Outputs made beside the label file from it (*extras*: the DICOM SR of ``--sr``) are recorded by name, size and
+sha256 under ``extras``. They are not part of what verifies a case: a verified case whose SR is missing, changed,
+or not recorded (made before, or by a run without ``--sr``) keeps its segmentation, and a run with ``--sr`` writes
+the SR again from it (:mod:`.extras`)."""
 
 from __future__ import annotations
 
@@ -26,7 +31,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .. import __version__
-from ..errors import InputError
+from ..errors import InputError, OutputError
 from ..io.reading import read_segmentation
 from ..io.volume import Geometry
 from ..io.writing import LABEL_SUFFIXES, write_text
@@ -70,19 +75,51 @@ def expectation_for(ct: Path, output: Path, card: Any, options: Any) -> dict[str
     })
 
 
+def file_record(path: Path) -> dict[str, Any]:
+    """What identifies a written file: its name, size and sha256."""
+    return {"name": path.name, "size": path.stat().st_size, "sha256": file_sha256(path)}
+
+
 def write_manifest(path: Path, expectation: Mapping[str, Any], output: Path, geometry: Geometry,
-                   made: Mapping[str, Any], figures: Mapping[str, Any], protected: list[Path]) -> Path:
+                   made: Mapping[str, Any], figures: Mapping[str, Any], protected: list[Path],
+                   extras: Mapping[str, Path] | None = None) -> Path:
     """Record ``output`` (already in place) as made from ``expectation``; ``made``: who, when, how long, on
-    which device; ``figures``: the case's summary cells."""
+    which device; ``figures``: the case's summary cells; ``extras``: files made beside it, by key (``"sr"``)."""
     document = {
         "format": MANIFEST_FORMAT,
         "expectation": expectation,
-        "output": {"name": output.name, "size": output.stat().st_size, "sha256": file_sha256(output),
-                   "geometry": asdict(geometry)},
+        "output": {**file_record(output), "geometry": asdict(geometry)},
         "made": dict(made),
         "figures": dict(figures),
+        "extras": {key: file_record(extra) for key, extra in (extras or {}).items()},
     }
+    return _write(path, document, protected)
+
+
+def _write(path: Path, document: Mapping[str, Any], protected: list[Path]) -> Path:
     return write_text(path, json.dumps(_plain(document), indent=1, allow_nan=False) + "\n", protected)
+
+
+def record_extras(path: Path, extras: Mapping[str, Path], protected: list[Path]) -> Path:
+    """Add (or replace) the records of ``extras`` in the manifest ``path`` of a verified case, atomically; an
+    OutputError if it cannot be read (it verified a moment ago: another process must have replaced it)."""
+    document = read_manifest(path)
+    if document is None:
+        raise OutputError(f"{path}: the case's manifest cannot be read to record its {', '.join(extras)}")
+    document["extras"] = {**document.get("extras", {}), **{key: file_record(e) for key, e in extras.items()}}
+    return _write(path, document, protected)
+
+
+def extra_problem(manifest: Mapping[str, Any] | None, key: str, path: Path) -> str | None:
+    """None if ``path`` is the extra ``key`` the manifest records (same name and sha256), else what is wrong."""
+    if not path.is_file():
+        return "missing"
+    recorded = (manifest or {}).get("extras", {}).get(key)
+    if not isinstance(recorded, Mapping) or recorded.get("name") != path.name:
+        return "not recorded in the manifest (made by another run, or before manifests recorded it)"
+    if recorded.get("sha256") != file_sha256(path):
+        return "changed after it was written (its sha256 is not the manifest's)"
+    return None
 
 
 def read_manifest(path: Path) -> dict[str, Any] | None:

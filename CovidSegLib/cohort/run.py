@@ -7,7 +7,11 @@ For every case of its selection (the folder's cases, or those of ``--part I/N``)
 2. otherwise claims the case (:mod:`.claims`); a case another live process holds is put aside and revisited
    until that process is done with it (or found dead, and the case taken over);
 3. under the claim, checks again, removes what a killed writer of this case left behind (hidden temporary
-   files), segments, writes the report if asked, then the manifest, and releases the claim.
+   files), segments, writes the SR and the report if asked, then the manifest, and releases the claim.
+
+A case whose output verifies but lacks what this run asks for beside it (the report of ``--report``, the DICOM SR
+of ``--sr``; :mod:`.extras`) is not segmented again: under its claim, that is written from the CT and the verified
+output, and the SR recorded in the manifest. A case that fails there is a failed row like any other.
 
 Outputs are written atomically (:func:`CovidSegLib.io.writing.atomic_output`), the manifest after them: a run
 killed at any moment leaves each case either verifiably done or redone by the next run, never half-written, and
@@ -35,20 +39,21 @@ from ..engine.inference import SegmentationResult
 from ..engine.model import LoadedModel
 from ..engine.pipeline import SegmentOptions, output_path_for, segment_file
 from ..io.cases import case_id, find_cases
+from ..io.dicom_seg import is_dicom_seg_path
 from ..io.writing import write_text
 from ..measure.quantification import quantify
-from ..measure.report import csv_row, floor_of_card, labels_for_ct, write_report
-from .claims import Holder, this_process, try_claim
-from .manifest import expectation_for, manifest_path, read_manifest, state_folder, verification_problem, write_manifest
+from ..measure.report import csv_row, floor_of_card, write_report
+from . import extras
+from .claims import Claim, Holder, this_process, try_claim
+from .hold import held_progress
+from .manifest import (expectation_for, manifest_path, read_manifest, record_extras, state_folder,
+                       verification_problem, write_manifest)
 from .parts import WHOLE_SUMMARY, Part
 from .summary import write_summary
 
 #: Seconds between looks at cases other processes hold.
 POLL_S = 2.0
 ProgressCallback = Callable[[float], "bool | None"]
-#: More outputs of a segmented case (a DICOM SR beside its SEG, ...), written under its claim before the manifest:
-#: (result, output, ct) -> notes to print.
-AfterCase = Callable[[SegmentationResult, Path, Path], list]
 
 
 class CohortDisplay(Protocol):
@@ -68,6 +73,11 @@ class CohortPlan:
     output_format: str = ".seg.nrrd"
     part: Part | None = None
     report: bool = False  # also OUT/<case>_report/
+    sr: bool = False  # also OUT/<case>.sr.dcm beside each DICOM SEG
+
+    @property
+    def wanted(self) -> extras.Wanted:
+        return extras.Wanted(self.report, self.sr)
 
 
 @dataclass
@@ -116,10 +126,9 @@ def sigterm_as_interrupt() -> Iterator[None]:
 class CohortRun:
     """One process's run over a selection of cases (see the module docstring)."""
 
-    def __init__(self, plan: CohortPlan, model: LoadedModel, options: SegmentOptions, display: CohortDisplay,
-                 after_case: AfterCase | None = None) -> None:
+    def __init__(self, plan: CohortPlan, model: LoadedModel, options: SegmentOptions, display: CohortDisplay
+                 ) -> None:
         self.plan, self.model, self.options, self.display = plan, model, options, display
-        self.after_case = after_case
         self.me: Holder = this_process()
         self.started = time.time()
         self.floor = floor_of_card(model.card)
@@ -171,7 +180,7 @@ class CohortRun:
             expectation = self._expectations[ct]
         except InputError as error:
             return self._failed(ct, case, "input", str(error)), None
-        if verification_problem(manifest, output, expectation) is None:
+        if verification_problem(manifest, output, expectation) is None and not self._missing(output, manifest):
             return self._skipped(ct, output, manifest), None
         recent = self._recent_failure(case)
         if recent is not None:
@@ -181,21 +190,24 @@ class CohortRun:
             return None, holder
         with claim:
             problem = verification_problem(manifest, output, expectation)  # another process may just have finished
-            if problem is None:
-                return self._skipped(ct, output, manifest), None
             self._remove_leftovers(output, manifest)
+            if problem is None:
+                return self._complete(ct, case, output, manifest, claim), None
             return self._segment(ct, case, output, manifest, expectation, problem, claim), None
 
+    def _missing(self, output: Path, manifest: Path) -> list[str]:
+        """What this run asks for beside a verified output that is not there (:func:`.extras.missing`)."""
+        return extras.missing(output, read_manifest(manifest), self.plan.wanted)
+
     def _segment(self, ct: Path, case: str, output: Path, manifest: Path, expectation: dict, problem: str,
-                 claim) -> dict[str, object]:
+                 claim: Claim) -> dict[str, object]:
         note = "" if problem == "no output yet" else f"redone: {problem}"
         try:
             with self.display.case_progress(ct.name) as progress:
-                result = segment_file(ct, output, self.model, self.options, progress)
-            if self.after_case is not None:
-                result.notes.extend(str(n) for n in self.after_case(result, output, ct))
+                result = segment_file(ct, output, self.model, self.options, held_progress(case, progress))
+            made_beside = self._sr_of_new_output(result, output, ct)
             if self.plan.report:
-                written, figures = write_report(result.volume, result.labels, self._report_folder(output), case,
+                written, figures = write_report(result.volume, result.labels, extras.report_folder(output), case,
                                                 {"ct": str(ct), "labels": str(output)}, protected=[ct],
                                                 floor=self.floor)
                 result.notes.append(f"report: {written['html']}")
@@ -208,7 +220,8 @@ class CohortRun:
             made = {"by": self.me.describe(), "started": self.started, "finished": time.time(), "seconds": seconds,
                     "device": str(result.device), "precision": str(result.precision)}
             cells = {k: v for k, v in csv_row(case, figures).items() if k not in ("case", "status")}
-            write_manifest(manifest, expectation, output, result.volume.geometry, made, cells, [ct])
+            write_manifest(manifest, expectation, output, result.volume.geometry, made, cells, [ct], made_beside)
+            result.notes.extend(f"DICOM SR: {path}" for path in made_beside.values())
         except (ModelError, Cancelled):
             raise
         except (InputError, OutputError) as error:
@@ -222,27 +235,53 @@ class CohortRun:
                          f"{result.device} in {result.precision}, {seconds:.1f} s){f'; {note}' if note else ''}")
         return {**self._row(ct, "done", output, note), "seconds": seconds, "made_by": self.me.describe(), **cells}
 
-    def _skipped(self, ct: Path, output: Path, manifest_file: Path) -> dict[str, object]:
+    def _sr_of_new_output(self, result: SegmentationResult, output: Path, ct: Path) -> dict[str, Path]:
+        """With ``--sr``, the SR of the output just written (by the manifest's key). Without it, an SR left from
+        an earlier run is removed: it describes the SEG this run replaced (another SOP Instance UID)."""
+        if self.plan.sr:
+            return {extras.SR_KEY: extras.write_sr(result.labels, result.volume, output, self.model, self.floor,
+                                                   [ct])}
+        stale = extras.sr_path(output)
+        if is_dicom_seg_path(output) and stale.is_file():
+            stale.unlink()
+            result.notes.append(f"removed {stale.name}: it described the DICOM SEG this run replaced")
+        return {}
+
+    def _complete(self, ct: Path, case: str, output: Path, manifest: Path, claim: Claim) -> dict[str, object]:
+        """A verified case, under its claim: write what this run asks for beside it and lacks (the report, the
+        SR, recorded in the manifest), then skip it; any error makes it a failed row, not the end of the run."""
+        missing = self._missing(output, manifest)
+        if not missing:
+            return self._skipped(ct, output, manifest)
+        try:
+            written = extras.write_missing(ct, output, missing, self.model, self.options, self.floor)
+            if not claim.still_held():
+                return self._failed(ct, case, "internal", "its claim was taken over while it ran (this process was "
+                                    "judged stale); the other process's result stands")
+            recorded = {key: path for key, path in written.items() if key == extras.SR_KEY}
+            if recorded:
+                record_extras(manifest, recorded, [ct])
+        except (ModelError, Cancelled):
+            raise
+        except (InputError, OutputError) as error:
+            return self._failed(ct, case, "output" if isinstance(error, OutputError) else "input", str(error))
+        except Exception as error:  # one strange case must not stop a cohort of hundreds
+            return self._failed(ct, case, "internal", f"{type(error).__name__}: {error}")
+        (self.state / "failed" / f"{case}.json").unlink(missing_ok=True)
+        for path in written.values():
+            self.display.say(f"{ct.name}: wrote {path}")
+        return self._skipped(ct, output, manifest, f"; this run wrote its {' and '.join(missing)}")
+
+    def _skipped(self, ct: Path, output: Path, manifest_file: Path, more: str = "") -> dict[str, object]:
         manifest = read_manifest(manifest_file) or {}
         made = manifest.get("made", {})
-        if self.plan.report and not (self._report_folder(output) / "report.html").is_file():
-            self._report_existing(ct, output)
         finished = float(made.get("finished") or 0)
         when = "during this run" if finished >= self.started else time.strftime("on %Y-%m-%d %H:%M",
                                                                                  time.localtime(finished))
-        note = f"made by {made.get('by', '?')} {when}"
+        note = f"made by {made.get('by', '?')} {when}{more}"
         self.display.say(f"{ct.name}: done already ({note}), skipped")
         return {**self._row(ct, "skipped", output, note), "seconds": made.get("seconds"), "made_by": made.get("by"),
                 **manifest.get("figures", {})}
-
-    def _report_existing(self, ct: Path, output: Path) -> None:
-        """``--report`` on a case segmented earlier without it: the report from the CT and the verified output."""
-        from ..checks.intensity import prepare_ct
-        from ..io.reading import read_volume
-
-        volume = prepare_ct(read_volume(ct, self.options.series), self.options.intensity, self.options.window)
-        write_report(volume, labels_for_ct(output, volume), self._report_folder(output), case_id(ct),
-                     {"ct": str(ct), "labels": str(output)}, protected=[ct], floor=self.floor)
 
     def _failed(self, ct: Path, case: str, kind: str, error: str) -> dict[str, object]:
         self.failures[kind] += 1
@@ -270,23 +309,19 @@ class CohortRun:
 
     def _remove_leftovers(self, output: Path, manifest: Path) -> None:
         """Hidden temporary files a killed writer of this case left (``atomic_output`` names them
-        ``.NAME.*.tmp*``); safe to remove, since this process holds the case's claim."""
+        ``.NAME.*.tmp*``): the output's, the manifest's, the SR's and the report's; safe to remove, since this
+        process holds the case's claim."""
         for folder, name in ((output.parent, output.name), (manifest.parent, manifest.name)):
             for leftover in folder.glob(f".{glob.escape(name)}.*.tmp*"):
                 leftover.unlink(missing_ok=True)
-        report = self._report_folder(output)
-        if report.is_dir():
-            for leftover in report.glob(".*.tmp*"):
-                leftover.unlink(missing_ok=True)
-
-    def _report_folder(self, output: Path) -> Path:
-        return output.parent / f"{case_id(output)}_report"
+        for leftover in extras.temporary_files(output):
+            leftover.unlink(missing_ok=True)
 
     def _row(self, ct: Path, status: str, output: Path | None = None, note: str = "") -> dict[str, object]:
         return {"case": case_id(ct), "status": status, "output": str(output) if output else "", "note": note}
 
 
-def run_cohort(plan: CohortPlan, model: LoadedModel, options: SegmentOptions, display: CohortDisplay,
-               after_case: AfterCase | None = None) -> CohortOutcome:
+def run_cohort(plan: CohortPlan, model: LoadedModel, options: SegmentOptions, display: CohortDisplay
+               ) -> CohortOutcome:
     """Segment ``plan.source`` into ``plan.out`` (see the module docstring); returns the rows and the summary."""
-    return CohortRun(plan, model, options, display, after_case).run()
+    return CohortRun(plan, model, options, display).run()

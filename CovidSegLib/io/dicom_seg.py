@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 
-from ..errors import OutputError
+from ..errors import InputError, OutputError
 from ..labels import LABELS, LabelInfo, segments_for
 from .dicom_series import SourceSeries, read_source_series
 from .volume import Geometry
@@ -203,6 +203,30 @@ def labels_from_dicom_seg(seg, source_sop_instance_uids: Sequence[str]) -> np.nd
     numbers = seg.get_pixels_by_source_instance(list(source_sop_instance_uids), combine_segments=True,
                                                 assert_missing_frames_are_empty=True, dtype=np.uint8)
     return values[numbers]
+
+
+def read_dicom_seg_labels(path: str | Path, source_files: Sequence[str | Path], geometry: Geometry) -> np.ndarray:
+    """The label map a CovidSeg DICOM SEG at ``path`` holds, on ``geometry`` (the grid of the series in
+    ``source_files`` it was made from): what a report or an SR of an existing SEG output is measured on.
+
+    A label-file reader cannot read a SEG (its frames are per segment and per source instance), so this is the
+    way back. Refused (InputError naming the file) unless it reads as a SEG of that series with CovidSeg's
+    segments."""
+    import highdicom
+
+    path = Path(path)
+    source = read_source_series(source_files, geometry)
+    try:
+        seg = highdicom.seg.segread(path)
+    except Exception as error:  # pydicom's and highdicom's errors for a file that is no (readable) SEG
+        raise InputError(path, f"cannot be read as a DICOM SEG ({type(error).__name__}: {error})") from None
+    referenced = seg.get("ReferencedSeriesSequence")
+    if not referenced or str(referenced[0].SeriesInstanceUID) != source.series_uid:
+        raise InputError(path, f"is not a DICOM SEG of series {source.series_uid}")
+    try:
+        return labels_from_dicom_seg(seg, source.sop_instance_uids)
+    except (ValueError, KeyError, AttributeError) as error:
+        raise InputError(path, f"does not hold CovidSeg's segments of its series ({error})") from None
 
 
 def verify_dicom_seg(path: Path, labels: np.ndarray, label_infos: Sequence[LabelInfo], source: SourceSeries,
