@@ -1,9 +1,14 @@
 """Cohorts through the real command on real CT: several processes on one folder, one killed mid-case and
 restarted, produce exactly the label files of one uninterrupted run, each case segmented once; a rerun skips
-what is done and redoes what no longer verifies; ``--part I/N`` shares split the folder and merge back."""
+what is done and redoes what no longer verifies; ``--part I/N`` shares split the folder and merge back.
+
+Nothing here waits a guessed time: a process to be killed or stopped mid-case is started with
+``COVIDSEG_TEST_HOLD`` (CovidSegLib/cohort/hold.py) and holds its case in the middle until the test has done what
+it tests; the test waits for the marker it writes. Every process a test starts is killed if the test fails."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -13,9 +18,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import SimpleITK as sitk
+
+from CovidSegLib.cohort.hold import HOLD_VARIABLE
 
 from conftest import run_cli
 
@@ -28,10 +36,56 @@ def command() -> list[str]:
     return [script] if script else [sys.executable, "-m", "CovidSegLib"]
 
 
-def start(source: Path, out: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen(command() + ["segment", str(source), "-o", str(out), "--format", FORMAT, "--quiet",
-                                         *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            encoding="utf-8")
+#: Bounded waits for what a process is about to do (a marker, a claim): a deadline, never a timed expectation.
+DEADLINE_S = 300.0
+
+
+@contextlib.contextmanager
+def processes() -> Iterator[list[subprocess.Popen]]:
+    """Where a test puts every process it starts: those still running when it ends (an assert failed) are killed."""
+    started: list[subprocess.Popen] = []
+    try:
+        yield started
+    finally:
+        for process in started:
+            if process.poll() is None:
+                process.kill()
+            process.communicate()
+
+
+def start(source: Path, out: Path, *extra: str, started: list[subprocess.Popen],
+          hold: Path | None = None) -> subprocess.Popen:
+    """``covidseg segment`` as a process; with ``hold``, it holds its first case mid-segmentation (hold.py)."""
+    environment = {k: v for k, v in os.environ.items() if k != HOLD_VARIABLE}
+    if hold is not None:
+        environment[HOLD_VARIABLE] = str(hold)
+    process = subprocess.Popen(command() + ["segment", str(source), "-o", str(out), "--format", FORMAT, "--quiet",
+                                            *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               encoding="utf-8", env=environment)
+    started.append(process)
+    return process
+
+
+def held_case(hold: Path, process: subprocess.Popen) -> str:
+    """The case ``process`` holds in the middle of its segmentation, once its marker is there."""
+    deadline = time.monotonic() + DEADLINE_S
+    while time.monotonic() < deadline and process.poll() is None:
+        markers = list(hold.glob(f"*.{process.pid}.held"))
+        if markers:
+            return markers[0].name.rsplit(".", 2)[0]
+        time.sleep(0.05)
+    raise AssertionError(f"process {process.pid} never held a case (exit code {process.poll()})")
+
+
+def wait_until_each_claimed(out: Path, waiting: list[subprocess.Popen]) -> None:
+    """Until each process has been seen holding a claim (it has passed the cases before it)."""
+    seen: set[int] = set()
+    deadline = time.monotonic() + DEADLINE_S
+    while len(seen) < len(waiting) and time.monotonic() < deadline:
+        seen.update(p.pid for p in waiting if claimed_by(out, p.pid))
+        assert all(p.poll() is None for p in waiting), "a process ended while another still held a case"
+        time.sleep(0.05)
+    assert len(seen) == len(waiting), "a process never took a case"
 
 
 def summary(path: Path) -> dict[str, dict[str, str]]:
@@ -95,21 +149,22 @@ def claimed_by(out: Path, pid: int) -> str | None:
 
 def test_concurrent_processes_one_killed_and_restarted_match_one_run(cohort: Path, reference: Path,
                                                                       tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    started = time.monotonic()
-    victim, *others = [start(cohort, out) for _ in range(3)]
-    deadline = time.monotonic() + 180
-    while not claimed_by(out, victim.pid) and victim.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert claimed_by(out, victim.pid), "the first process never took a case"
-    time.sleep(0.8)  # into its segmentation
-    victim.send_signal(signal.SIGKILL)
-    victim_out, _ = victim.communicate(timeout=60)  # reaped: no zombie holds the claim
-    abandoned = claimed_by(out, victim.pid)
-    assert abandoned, "killed with its claim in place, as after a crash or kill -9"
-    restarted = start(cohort, out)  # the killed job, submitted again
-    results = [(p, *p.communicate(timeout=400)) for p in others + [restarted]]
-    seconds = time.monotonic() - started
+    """The first process takes case a and is held in its middle; two more start, pass over the case it holds
+    (a live claim) and take others; then it is killed with kill -9, its claim left in place, and started again."""
+    out, hold = tmp_path / "out", tmp_path / "hold"
+    with processes() as started:
+        began = time.monotonic()
+        victim = start(cohort, out, hold=hold, started=started)
+        assert held_case(hold, victim) == "a" and claimed_by(out, victim.pid) == "a"  # the first case, mid-way
+        others = [start(cohort, out, started=started) for _ in range(2)]
+        wait_until_each_claimed(out, others)  # each passed case a, held by a live process, and took another
+        victim.send_signal(signal.SIGKILL)
+        victim_out, _ = victim.communicate(timeout=60)  # reaped: no zombie holds the claim
+        abandoned = claimed_by(out, victim.pid)
+        assert abandoned == "a", "killed with its claim in place, as after a crash or kill -9"
+        restarted = start(cohort, out, started=started)  # the killed job, submitted again
+        results = [(p, *p.communicate(timeout=600)) for p in others + [restarted]]
+    seconds = time.monotonic() - began
 
     for process, stdout, stderr in results:
         assert process.returncode == 3, stderr  # every process reports the bad file
@@ -158,16 +213,13 @@ def test_a_rerun_redoes_exactly_the_outputs_that_no_longer_verify(cohort: Path, 
 
 def test_sigterm_abandons_the_case_cleanly(cohort: Path, tmp_path: Path) -> None:
     """What SLURM sends at a time limit or scancel: the case in progress is left, claim released, summary written."""
-    out = tmp_path / "out"
-    process = start(cohort, out)
-    deadline = time.monotonic() + 180
-    while not claimed_by(out, process.pid) and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    case = claimed_by(out, process.pid)
-    assert case
-    time.sleep(0.5)
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=60)
+    out, hold = tmp_path / "out", tmp_path / "hold"
+    with processes() as started:
+        process = start(cohort, out, hold=hold, started=started)
+        case = held_case(hold, process)  # in the middle of its segmentation
+        assert claimed_by(out, process.pid) == case
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
     assert process.returncode == 6 and "interrupted" in stderr
     assert leftovers(out) == [] and not (out / f"{case}{FORMAT}").exists()
     assert summary(out / "summary.csv")[case]["status"] == "pending"
@@ -175,8 +227,9 @@ def test_sigterm_abandons_the_case_cleanly(cohort: Path, tmp_path: Path) -> None
 
 def test_parts_split_the_folder_and_merge_into_one_summary(cohort: Path, reference: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    parts = [start(cohort, out, "--part", f"{i}/2") for i in range(2)]  # two array tasks at once
-    outputs = [p.communicate(timeout=400) for p in parts]
+    with processes() as started:
+        parts = [start(cohort, out, "--part", f"{i}/2", started=started) for i in range(2)]  # two array tasks at once
+        outputs = [p.communicate(timeout=600) for p in parts]
     shares = [summary(out / f"summary-part-{i}-of-2.csv") for i in range(2)]
     assert all(shares) and not set(shares[0]) & set(shares[1])
     assert set(shares[0]) | set(shares[1]) == set(GOOD) | {"bad"}

@@ -95,16 +95,30 @@ def test_a_fresh_claim_renamed_by_mistake_is_put_back(tmp_path: Path) -> None:
 
 
 def test_a_heartbeat_keeps_a_claim_fresh_and_stops_when_it_is_lost(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(claims_module, "HEARTBEAT_S", 0.05)
+    """One heartbeat step, run directly (no waiting on the thread's clock): it touches a claim this process holds,
+    and neither touches nor goes on once another process took the claim over."""
+    monkeypatch.setattr(claims_module, "HEARTBEAT_S", 3600.0)  # the thread's own beat never comes in this test
     claim, _ = try_claim(tmp_path, "a", this_process())
     old = time.time() - 1000
     os.utime(claim.path, (old, old))
-    time.sleep(0.3)
-    assert time.time() - claim.path.stat().st_mtime < 5  # touched again
-    claim.path.unlink()  # taken over (as another process would, judging it stale)
-    time.sleep(0.2)
-    assert not claim.still_held() and not claim._beat.is_alive()
+    assert claim.beat()
+    assert claim.path.stat().st_mtime > old + 900  # touched again
+    claim.path.write_text(json.dumps({**claim.holder.__dict__, "token": "another"}), encoding="utf-8")
+    os.utime(claim.path, (old, old))
+    assert not claim.beat() and claim.path.stat().st_mtime == old  # another process's claim: left alone
     claim.release()  # releasing a lost claim removes nothing
+    assert claim.path.exists()
+    claim._beat.join(timeout=60)
+    assert not claim._beat.is_alive()  # released: the thread ends
+
+
+def test_the_heartbeat_thread_ends_when_its_claim_is_lost(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(claims_module, "HEARTBEAT_S", 0.0)  # beat continuously until the claim is lost
+    claim, _ = try_claim(tmp_path, "a", this_process())
+    claim.path.unlink()  # taken over (as another process would, judging it stale)
+    claim._beat.join(timeout=60)
+    assert not claim._beat.is_alive() and not claim.still_held()
+    claim.release()
 
 
 def test_parts_are_disjoint_cover_every_case_and_do_not_move() -> None:

@@ -57,13 +57,27 @@ class Holder:
         return f"{self.host} pid {self.pid}"
 
 
-def process_start_ticks(pid: int) -> int | None:
-    """Start time of a process in clock ticks since boot, where ``/proc`` tells it (Linux); else None."""
+def _stat_fields(pid: int) -> list[str] | None:
+    """``/proc/PID/stat`` from its field 3 (the state) on, or None if there is no such process (or no /proc).
+    The command name (field 2) is cut off at its last ``)``: it may hold spaces and parentheses itself."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace").rsplit(")", 1)[1].split()
-        return int(fields[19])  # field 22 of stat(5); the split starts at field 3
-    except (OSError, IndexError, ValueError):
+    except (OSError, IndexError):
         return None
+    return fields if len(fields) > 19 else None
+
+
+def _start_ticks(fields: list[str]) -> int | None:
+    try:
+        return int(fields[19])  # field 22 of stat(5), the start time; the fields start at field 3
+    except ValueError:
+        return None
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """Start time of a process in clock ticks since boot, where ``/proc`` tells it (Linux); else None."""
+    fields = _stat_fields(pid)
+    return _start_ticks(fields) if fields is not None else None
 
 
 def this_process() -> Holder:
@@ -73,15 +87,11 @@ def this_process() -> Holder:
 def process_alive(pid: int, start_ticks: int | None) -> bool:
     """Whether process ``pid`` on this host still runs and is the one that took the claim (not a zombie, not a
     newer process with the same pid)."""
-    stat = Path(f"/proc/{pid}/stat")
     if Path("/proc/self/stat").exists():
-        try:
-            fields = stat.read_text(encoding="ascii", errors="replace").rsplit(")", 1)[1].split()
-        except OSError:
+        fields = _stat_fields(pid)
+        if fields is None or fields[0] in ("Z", "X"):
             return False
-        if fields[0] in ("Z", "X"):
-            return False
-        return start_ticks is None or int(fields[19]) == start_ticks
+        return start_ticks is None or _start_ticks(fields) == start_ticks
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -129,12 +139,19 @@ class Claim:
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
-            if not self.still_held():
+            if not self.beat():
                 return
-            try:
-                os.utime(self.path)
-            except OSError:
-                pass
+
+    def beat(self) -> bool:
+        """One heartbeat: touch the claim if this process still holds it; False (and nothing touched) once it
+        does not, since another process took it over."""
+        if not self.still_held():
+            return False
+        try:
+            os.utime(self.path)
+        except OSError:
+            pass
+        return True
 
     def still_held(self) -> bool:
         found = read_holder(self.path)
