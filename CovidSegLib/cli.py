@@ -188,6 +188,7 @@ def cmd_predict_slices(args: argparse.Namespace) -> int:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
+    """One CT (file or DICOM folder) here; a folder of CTs goes to the cohort runner, ``--dicomweb`` to pacs."""
     from .io.cases import case_id
     from .engine.model import load_model
     from .engine.pipeline import check_output, output_path_for, segment_file
@@ -203,52 +204,37 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if not source.exists():
         raise InputError(source, "no such file or folder")
     batch = source.is_dir() and not is_dicom_folder(source)
-    cases = find_cases(source) if batch else [source]
-    if batch and not cases:
+    if batch and not find_cases(source):  # refused before the model loads
         raise InputError(source, "folder holds no CT files (.nii, .nii.gz, .nrrd, .mha, .mhd, .dcm) or DICOM series")
-    if not batch:  # what can be refused without the model (a DICOM SEG of a NIfTI) is refused before it loads
-        check_output(source, output_path_for(source, out, args.format, batch))
     if args.part is not None and not batch:
         print(f"covidseg segment: --part takes a share of a folder of CTs; {source} is one case", file=sys.stderr)
         return EXIT_USAGE
+    output = output_path_for(source, out, args.format, batch)
+    if not batch:  # what can be refused without the model (a DICOM SEG of a NIfTI) is refused before it loads
+        check_output(source, output)
     model = load_model(args.model)
     options = segment_options(args)
     if batch:  # resumable, shareable between processes and machines (CovidSegLib.cohort)
         return segment_cohort(args, source, out, model, options)
-    failures = {EXIT_INPUT: 0, EXIT_OUTPUT: 0}
-    for ct in cases:
-        output = output_path_for(ct, out, args.format, batch)
-        with progress_display(ct.name, args.quiet) as progress:
-            try:
-                result = segment_file(ct, output, model, options, progress)
-                if args.sr:  # the quantification as a DICOM SR beside the DICOM SEG
-                    result.notes.append(f"DICOM SR: {write_case_sr(result, output, model, ct)}")
-            except (InputError, OutputError) as error:
-                if not batch:
-                    raise
-                failures[EXIT_OUTPUT if isinstance(error, OutputError) else EXIT_INPUT] += 1
-                print(f"covidseg: error: {error}", file=sys.stderr)
-                continue
-        if args.report:
-            from .measure.report import floor_of_card, write_report
+    with progress_display(source.name, args.quiet) as progress:
+        result = segment_file(source, output, model, options, progress)
+        if args.sr:  # the quantification as a DICOM SR beside the DICOM SEG
+            result.notes.append(f"DICOM SR: {write_case_sr(result, output, model, source)}")
+    if args.report:
+        from .measure.report import floor_of_card, write_report
 
-            report_dir = output.parent / f"{case_id(output)}_report"
-            write_report(result.volume, result.labels, report_dir, case_id(output),
-                         {"ct": str(ct), "labels": str(output)}, protected=[ct],
-                         floor=floor_of_card(model.card))
-            print(f"report: {report_dir / 'report.html'}")
-        seconds = result.seconds["total"]
-        print(f"{ct} -> {output} ({result.slices_inferred}/{result.slices_total} slices on {result.device} "
-              f"in {result.precision}, {seconds:.1f} s)")
-        for note in result.notes:
-            if note.startswith("warning: "):
-                print(note, file=sys.stderr)
-            else:
-                print(f"note: {note}")
-    if batch:
-        done = len(cases) - sum(failures.values())
-        print(f"segmented {done} of {len(cases)} cases into {out}")
-    return EXIT_OUTPUT if failures[EXIT_OUTPUT] else EXIT_INPUT if failures[EXIT_INPUT] else EXIT_OK
+        report_dir = output.parent / f"{case_id(output)}_report"
+        write_report(result.volume, result.labels, report_dir, case_id(output),
+                     {"ct": str(source), "labels": str(output)}, protected=[source], floor=floor_of_card(model.card))
+        print(f"report: {report_dir / 'report.html'}")
+    print(f"{source} -> {output} ({result.slices_inferred}/{result.slices_total} slices on {result.device} "
+          f"in {result.precision}, {result.seconds['total']:.1f} s)")
+    for note in result.notes:
+        if note.startswith("warning: "):
+            print(note, file=sys.stderr)
+        else:
+            print(f"note: {note}")
+    return EXIT_OK
 
 
 class CohortLines:
@@ -282,11 +268,10 @@ def segment_cohort(args: argparse.Namespace, source: Path, out: Path, model, opt
 
 
 def cmd_merge_summaries(args: argparse.Namespace) -> int:
-    from .cohort.summary import merge_part_summaries
+    from .cohort.summary import STATUSES, merge_part_summaries
 
     path, rows = merge_part_summaries(Path(args.output), args.parts)
-    counts = {status: sum(1 for r in rows if r["status"] == status) for status in ("done", "skipped", "failed",
-                                                                                   "pending")}
+    counts = {status: sum(1 for r in rows if r["status"] == status) for status in STATUSES}
     print(f"{len(rows)} cases: " + ", ".join(f"{n} {status}" for status, n in counts.items()) + f"; wrote {path}")
     return EXIT_INPUT if counts["failed"] or counts["pending"] else EXIT_OK
 

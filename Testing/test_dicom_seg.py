@@ -275,3 +275,17 @@ def test_source_files_off_the_grid_are_refused(series) -> None:
     with pytest.raises(InputError, match="pixels where the CT grid has"):
         read_source_series(series_files(series["lungmask"]), ct.geometry)
     assert lungmask.geometry.size[2] == 2
+
+
+def test_a_series_without_a_study_is_refused_naming_its_folder(series, tmp_path: Path) -> None:
+    folder = shutil.copytree(series["lungmask"], tmp_path / "no-study")
+    for path in folder.glob("*.dcm"):
+        dataset = pydicom.dcmread(path)
+        del dataset.StudyInstanceUID
+        dataset.save_as(path)
+    with pytest.raises(InputError, match="has no Study Instance UID") as caught:
+        read_source_series(sorted(folder.glob("*.dcm")), read_volume(series["lungmask"]).geometry)
+    assert caught.value.source == str(folder) and "in-memory" not in str(caught.value)
+    with pytest.raises(InputError, match="no DICOM files were given") as caught:
+        read_source_series([], read_volume(series["lungmask"]).geometry)
+    assert "in-memory" not in str(caught.value)

@@ -85,8 +85,9 @@ def read_source_series(files: Sequence[str | Path], geometry: Geometry) -> Sourc
     on them would put the segments on the wrong slices."""
     import pydicom
 
-    if not files:
-        raise InputError(None, "no DICOM files given for the source series")
+    if not files:  # no folder to name: say what is missing instead
+        raise InputError("the DICOM SEG's source series", "no DICOM files were given: a SEG references the series "
+                                                          "it was made from, file by file")
     paths = [Path(f) for f in files]
     where = paths[0].parent
     try:
@@ -99,7 +100,7 @@ def read_source_series(files: Sequence[str | Path], geometry: Geometry) -> Sourc
     order = slice_order(datasets, paths, geometry)
     datasets = [datasets[i] for i in order]
     paths = [paths[i] for i in order]
-    notes = complete_for_copying(datasets)
+    notes = complete_for_copying(datasets, where)
     return SourceSeries(tuple(datasets), tuple(paths), tuple(notes))
 
 
@@ -157,20 +158,21 @@ def derived_frame_of_reference_uid(dataset: "Dataset") -> str:
                                       str(dataset.SeriesInstanceUID)])
 
 
-def complete_for_copying(datasets: Sequence["Dataset"]) -> list[str]:
+def complete_for_copying(datasets: Sequence["Dataset"], where: Path) -> list[str]:
     """Fill in, on these in-memory headers, what a derived object copies and the series lacks; say what.
 
     Type 2 patient and study attributes are set empty (unknown); a missing Modality is the one the SOP class
     implies; a missing Frame of Reference UID is derived from the series (:func:`derived_frame_of_reference_uid`).
-    A missing Study Instance UID cannot be made up: the SEG would belong to no study."""
+    A missing Study Instance UID cannot be made up: the SEG would belong to no study. ``where``: the series'
+    folder, which the errors name."""
     first = datasets[0]
     if not str(first.get("StudyInstanceUID", "")):
-        raise InputError(None, f"DICOM series {first.SeriesInstanceUID} has no Study Instance UID: a DICOM SEG "
-                               "could not be filed with it")
+        raise InputError(where, f"DICOM series {first.SeriesInstanceUID} has no Study Instance UID: a DICOM SEG "
+                                "could not be filed with it")
     studies = {str(d.get("StudyInstanceUID", "")) for d in datasets}
     frames = {str(d.get("FrameOfReferenceUID", "")) for d in datasets}
     if len(studies) != 1 or len(frames) != 1:
-        raise InputError(None, f"DICOM series {first.SeriesInstanceUID} mixes studies or frames of reference")
+        raise InputError(where, f"DICOM series {first.SeriesInstanceUID} mixes studies or frames of reference")
     emptied = sorted({name for d in datasets for name in TYPE2_COPIED if name not in d})
     notes = []
     if emptied:
