@@ -182,7 +182,8 @@ def test_recorded_training_configurations_are_valid() -> None:
                             "kfold-corpus-only-continued", "kfold-corpus-only-r34", "kfold-corpus-only-48",
                             "kfold-corpus-only-mobilenet", "kfold-corpus-only-fp32",
                             "kfold-corpus-only-tversky", "kfold-corpus-only-tversky-06", "kfold-corpus-only-thick",
-                            "kfold-corpus-only-seed1", "kfold-corpus-only-copypaste", "anatomy-split"}
+                            "kfold-corpus-only-seed1", "kfold-corpus-only-copypaste", "anatomy-split",
+                            "anatomy-split-v2"}
     for stage_1, stage_2 in ((configs["corpus-only"], configs["corpus-only-continued"]),
                              (configs["kfold-with-medseg"], configs["kfold-with-medseg-continued"]),
                              (configs["kfold-corpus-only"], configs["kfold-corpus-only-continued"])):

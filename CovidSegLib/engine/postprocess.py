@@ -4,8 +4,9 @@ Guards against the failures lungmask documents: a spurious "lung" outside the bo
 the patient), stray specks, holes where dense infection hides the lung, and one lung lost when the two lungs
 touch (handled by :func:`CovidSegLib.engine.lateral.split_left_right`). Infection is kept only inside the lungs.
 Lung lies inside the body: nothing outside each slice's body hull (its convex hull, one cell wider) is lung, even
-where it touches the lungs (a "lung" drawn in the air over a patient). The hull, not the body mask, because a
-field of view that cuts the chest wall leaves lungs that the body mask cannot enclose.
+where it touches the lungs (a "lung" drawn in the air over a patient), and a lung component must lie mostly inside
+the hulls. The hull, not the body mask, because a field of view that cuts the chest wall leaves lungs open to the
+image's edge, which the body mask's hole filling cannot enclose (CTChest cropped to 88 x 88 lost both lungs so).
 """
 
 from __future__ import annotations
@@ -119,10 +120,10 @@ def postprocess(
     cells = _max_pool_in_plane(raw, factor)
     if body is None and volume_hu is not None:
         body = BodySample.of(volume_hu, pixel_mm)
-    body_cells = body.on_grid(factor, cells.shape) if body is not None else None
-    if body_cells is not None:
-        cells &= body_hulls(body_cells)
-    cells = keep_lung_components(cells, body_cells)
+    hulls = body_hulls(body.on_grid(factor, cells.shape)) if body is not None else None
+    if hulls is not None:
+        cells &= hulls
+    cells = keep_lung_components(cells, hulls)
     sides = split_left_right(cells, _cell_geometry(geometry, factor))
     labels = np.zeros(raw.shape, dtype=np.uint8)
     if not sides.any():

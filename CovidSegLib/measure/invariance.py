@@ -48,7 +48,8 @@ class Volumes:
 class ProbeResult:
     variant: str
     volumes: Volumes
-    lung_ratio: float  # lung volume of the variant over the unchanged CT's
+    #: lung volume of the variant over the unchanged CT's lungs inside the variant's field of view
+    lung_ratio: float
 
 
 def shifted_origin(geometry: Geometry, di: float, dj: float, dk: float = 0.0) -> tuple[float, float, float]:
@@ -106,18 +107,20 @@ def reversed_slices(volume: Volume) -> Volume:
     return Volume(np.ascontiguousarray(volume.array[::-1]), geometry, volume.source)
 
 
-def acquisition_variants(volume: Volume) -> dict[str, Callable[[Volume], Volume]]:
-    """The acquisition probes for a CT of this size, by name."""
+def acquisition_variants(volume: Volume) -> dict[str, Callable[[Volume, float], Volume]]:
+    """The acquisition probes for a CT of this size, by name: each makes the variant of a volume, padding with the
+    fill it is given (air for the CT, background for its labels, so the unchanged CT's labels can be brought into
+    the variant's field of view)."""
     rows, cols = volume.geometry.size[1], volume.geometry.size[0]
     return {
-        "padded 32 px of -1024 HU": lambda v: padded(v, 32, -1024.0),
-        "padded 32 px of -3024 HU": lambda v: padded(v, 32, -3024.0),
-        f"rows cropped to {int(rows * 0.77)} (non-square)": lambda v: cropped(v, int(rows * 0.77), cols),
-        f"{cols // 2} px of air left and right": lambda v: widened(v, cols // 2),
+        "padded 32 px of -1024 HU": lambda v, fill: padded(v, 32, fill),
+        "padded 32 px of -3024 HU": lambda v, fill: padded(v, 32, -3024.0 if fill else 0.0),
+        f"rows cropped to {int(rows * 0.77)} (non-square)": lambda v, fill: cropped(v, int(rows * 0.77), cols),
+        f"{cols // 2} px of air left and right": lambda v, fill: widened(v, cols // 2, fill),
         f"cropped to {int(rows * 0.69)}x{int(cols * 0.69)} (chest wall cut)":
-            lambda v: cropped(v, int(rows * 0.69), int(cols * 0.69)),
-        "pixel size halved (resampled)": lambda v: resampled(v, 2.0),
-        "slice order reversed": reversed_slices,
+            lambda v, fill: cropped(v, int(rows * 0.69), int(cols * 0.69)),
+        "pixel size halved (resampled)": lambda v, fill: resampled(v, 2.0) if fill else v,
+        "slice order reversed": lambda v, fill: reversed_slices(v),
     }
 
 
@@ -148,15 +151,21 @@ def segment_variant(volume: Volume, model: LoadedModel, folder: Path, name: str,
 
 def acquisition_probes(volume: Volume, model: LoadedModel, options: SegmentOptions = SegmentOptions()
                        ) -> list[ProbeResult]:
-    """The unchanged CT first, then each acquisition variant, with its lung volume relative to the unchanged."""
+    """The unchanged CT first, then each acquisition variant. A variant's lung volume is compared with the unchanged
+    CT's lungs inside the variant's field of view (all of them, unless it cuts into the lungs): a cut lung can only
+    be measured where it was scanned. (Resampling is compared with the whole unchanged lung.)"""
     with tempfile.TemporaryDirectory(prefix="covidseg-probe-") as temporary:
         folder = Path(temporary)
-        base = measure_labels(segment_variant(volume, model, folder, "unchanged", options), volume.geometry)
+        base_labels = segment_variant(volume, model, folder, "unchanged", options)
+        base = measure_labels(base_labels, volume.geometry)
         results = [ProbeResult("unchanged", base, 1.0)]
         for name, make in acquisition_variants(volume).items():
-            variant = make(volume)
+            variant = make(volume, -1024.0)
+            expected_labels = make(volume.with_array(base_labels.astype(np.int16)), 0.0)
+            expected = measure_labels(expected_labels.array, expected_labels.geometry)
             found = measure_labels(segment_variant(variant, model, folder, name, options), variant.geometry)
-            results.append(ProbeResult(name, found, found.lung_ml / base.lung_ml if base.lung_ml else float("nan")))
+            ratio = found.lung_ml / expected.lung_ml if expected.lung_ml else float("nan")
+            results.append(ProbeResult(name, found, ratio))
     return results
 
 

@@ -36,7 +36,7 @@ def load_sources(config) -> tuple[list[SliceSet], SliceSet | None]:
 
             corpus = corpus_on_canvas(corpus, preprocessing)
         split = read_split()
-        parts.append(corpus.subset(split_indices(split, "train")))
+        parts.extend([corpus.subset(split_indices(split, "train"))] * config.corpus_copies)
         corpus_validation = corpus.subset(split_indices(split, "validation"))
     if config.medseg:
         medseg = load_medseg(Path(config.medseg).expanduser(), preprocessing, window)

@@ -106,10 +106,15 @@ class TrainConfig:
     acquisitions: int = 0
     #: anatomy: each CT without COVID-19 also once per count with a random synthetic lesion (training/lesions.py)
     synthetic_lesions: int = 0
+    #: the corpus' training slices this many times in each epoch (augmented apart): its real lesions keep their
+    #: share of the steps when synthetic renderings are added
+    corpus_copies: int = 1
 
     def __post_init__(self) -> None:
         if not 0 < self.infection_miss_weight < 1:
             raise ValueError(f"infection_miss_weight must lie between 0 and 1, not {self.infection_miss_weight}")
+        if self.corpus_copies < 1:
+            raise ValueError(f"corpus_copies must be 1 or more, not {self.corpus_copies}")
         if self.representation not in ("clahe", "anatomy"):
             raise ValueError(f"representation must be clahe or anatomy, not {self.representation!r}")
         if self.representation != "anatomy" and (self.acquisitions or self.synthetic_lesions):
