@@ -52,6 +52,9 @@ def assert_same_view(a: np.ndarray, b: np.ndarray, patient: np.ndarray, mean_lev
 
 def test_more_air_around_the_patient_changes_nothing(lungmask_slices) -> None:
     hu, pixel_mm = lungmask_slices
+    for pad in (1, 49, 50, 51):  # the placement moves with the patient, to the pixel, whatever the pad
+        moved = volume_placement(np.pad(hu, ((0, 0), (pad, 0), (pad, 0)), constant_values=-1024.0), pixel_mm)
+        assert moved.centre == pytest.approx(np.add(volume_placement(hu, pixel_mm).centre, pad))
     for fill in (-1024.0, -2048.0, -3024.0):  # a larger field of view, padded as scanners pad it
         padded = np.pad(hu, ((0, 0), (48, 48), (48, 48)), constant_values=fill)
         assert_same_view(rendered(padded, pixel_mm), rendered(hu, pixel_mm), patient_on_canvas(hu, pixel_mm))

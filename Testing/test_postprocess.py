@@ -128,3 +128,30 @@ def test_decision_cells_are_set_where_any_of_their_voxels_is(canonical_case) -> 
         expected = np.array([[[lungs[k, r * factor:(r + 1) * factor, c * factor:(c + 1) * factor].any()
                                for c in range(cols)] for r in range(rows)] for k in range(0, len(lungs), 7)])
         assert np.array_equal(cells[::7], expected) and cells.any()
+
+
+def test_lung_must_lie_in_the_body_not_merely_in_its_hull_and_a_cut_chest_wall_keeps_its_lungs() -> None:
+    """Air in a concavity of the body (inside its convex hull, outside the body) is not lung; a lung open to an
+    image edge the body touches (a field of view that cuts the chest wall) is."""
+    from CovidSegLib.engine.postprocess import bodies_closed_at_cut_edges, body_hulls, keep_lung_components
+
+    body = np.zeros((1, 60, 60), bool)
+    body[0, 10:50, 10:50] = True
+    body[0, 10:25, 25:35] = False  # a notch from the top: concave body
+    lung = np.zeros_like(body)
+    lung[0, 28:45, 14:46] = True  # inside the body
+    notch = np.zeros_like(body)
+    notch[0, 12:22, 27:33] = True  # in the notch: inside the hull, outside the body
+    cells = (lung | notch) & body_hulls(body)
+    assert cells[notch].all()  # the hull alone would keep it
+    kept = keep_lung_components(cells, bodies_closed_at_cut_edges(body))
+    assert kept[lung].all() and not kept[notch].any()
+
+    cut = np.zeros((1, 40, 60), bool)
+    cut[0, 5:35, :] = True  # the body reaches the left and right edges
+    cut_lung = np.zeros_like(cut)
+    cut_lung[0, 12:28, 0:20] = True  # open to the left edge
+    cut[cut_lung] = False
+    kept = keep_lung_components(cut_lung & body_hulls(cut), bodies_closed_at_cut_edges(cut))
+    assert kept[cut_lung].all()
+    assert not bodies_closed_at_cut_edges(cut)[0, :5].any()  # the air above the patient stays outside

@@ -8,10 +8,13 @@ Three input channels, stored as two 8-bit images and a flag:
   the field of view. The training corpus exists only in this transform (made on its whole slices), so this channel
   carries what the corpus teaches: the shape and texture of lungs and lesions.
 - **density**: HU over the fixed window ``hu_window``, linearly. CLAHE equalises each tile, so a uniformly denser
-  lung looks normal in the structure channel (lungmask's slice with its lung raised by +300 HU: 2 % called
+  lung looks normal in the structure channel (lungmask's slices with their lung raised by +300 HU: 0.0 % called
   infection by the clahe model); here -850 HU lung and -450 HU ground glass differ by 30 % of the range.
-- **density present**: 1 where the density channel holds HU, 0 where the source has none (the corpus' 8-bit
-  images; the density channel is then 0). Every CT the product reads has HU, so at inference it is always 1.
+- **density present**: 1 where the density channel holds HU, 0 where the source has none (the corpus' CLAHE
+  images; the density channel is then 0). Every CT the product reads has HU, so ``covidseg segment`` always sets
+  it; 8-bit exports of a HU window (MedSeg's crops, 8-bit ``.npz``, PNG/JPEG through ``predict-slices``) are
+  taken as HU over the assumed window and set it too, so their density is only as right as that window;
+  ``predict-slices --represented`` (CLAHE images) leaves it 0.
 
 HU below -1024 (padding outside a scanner's field of view: -2048, -3024) is air here, and the canvas outside the
 slice is air too: the padding value cannot change what the network sees.

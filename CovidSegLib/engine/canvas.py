@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .preprocessing import ANALYSIS_PIXEL_MM, body_from_dense, body_mask_2d
+from .preprocessing import body_from_dense, body_mask_2d
 
 #: Canvas side in pixels and its pixel size: 256 x 1.6 mm = 410 mm, wider than any adult chest's lungs.
 CANVAS_SIZE = 256
@@ -34,6 +34,10 @@ CANVAS_PIXEL_MM = 1.6
 BODY_WIDTH_MM = 330.0
 #: What a crop whose body fills it from side to side spans (MedSeg's crops around the lungs: about 300 mm).
 CROP_WIDTH_MM = 300.0
+#: A body narrower than this share of the image's width is not trusted for the estimate.
+MIN_BODY_SHARE = 0.25
+#: Estimated pixel sizes are kept within this range (mm): the pixel spacing chest CT usually has (checks.plausibility).
+ESTIMATE_RANGE_MM = (0.25, 3.5)
 
 
 @dataclass(frozen=True)
@@ -101,37 +105,35 @@ def body_centre(body: np.ndarray) -> tuple[float, float] | None:
     return (rows[0] + rows[-1]) / 2.0, (cols[0] + cols[-1]) / 2.0
 
 
-def volume_body_projection(volume_hu: np.ndarray, pixel_mm: tuple[float, float]) -> tuple[np.ndarray, int]:
-    """The body seen on the maximum projection of a canonical volume ``[slices, rows, cols]``, sampled about every
-    3 mm (the engine's analysis grid), and the sampling stride."""
-    stride = max(1, int(ANALYSIS_PIXEL_MM // min(pixel_mm)))
-    projection = volume_hu[:, ::stride, ::stride].max(axis=0)
-    return body_mask_2d(projection), stride
+def volume_body_projection(volume_hu: np.ndarray) -> np.ndarray:
+    """The body seen on the maximum projection of a canonical volume ``[slices, rows, cols]``, at full resolution:
+    a sampled projection would move the box by up to a sampling step when padding shifts the grid."""
+    return body_mask_2d(volume_hu.max(axis=0))
 
 
 def volume_placement(volume_hu: np.ndarray, pixel_mm: tuple[float, float], canvas_size: int = CANVAS_SIZE,
                      canvas_pixel_mm: float = CANVAS_PIXEL_MM) -> Placement:
     """One placement for every slice of a canonical volume: its spacing, centred on the body over all slices (so
     the patient does not move between slices); the slice's centre when no body is found."""
-    body, stride = volume_body_projection(volume_hu, pixel_mm)
-    centre = body_centre(body)
+    centre = body_centre(volume_body_projection(volume_hu))
     rows, cols = volume_hu.shape[1:]
     if centre is None:
         centre = ((rows - 1) / 2.0, (cols - 1) / 2.0)
-    else:  # the sample's pixel (r, c) covers full-resolution pixels [r * stride, (r + 1) * stride)
-        centre = (centre[0] * stride + (stride - 1) / 2.0, centre[1] * stride + (stride - 1) / 2.0)
     return Placement(centre, (float(pixel_mm[0]), float(pixel_mm[1])), canvas_size, canvas_pixel_mm)
 
 
 def estimated_pixel_mm(body: np.ndarray) -> float:
     """Pixel size of a slice of unknown spacing from its body mask ``[rows, cols]``: the body's left-right width is
     taken as :data:`BODY_WIDTH_MM`; a body that touches both sides of the image (a crop) makes the image's width
-    :data:`CROP_WIDTH_MM`; no body at all, the image's width."""
+    :data:`CROP_WIDTH_MM`, and so does a body under a quarter of the image's width (a speck or a text label is no
+    body). Clamped to :data:`ESTIMATE_RANGE_MM`, the pixels chest CT has."""
     cols = np.flatnonzero(body.any(axis=0))
     width = body.shape[1]
-    if not len(cols) or (cols[0] == 0 and cols[-1] == width - 1):
-        return CROP_WIDTH_MM / width
-    return BODY_WIDTH_MM / (cols[-1] - cols[0] + 1)
+    if len(cols) < MIN_BODY_SHARE * width or (cols[0] == 0 and cols[-1] == width - 1):
+        estimate = CROP_WIDTH_MM / width  # a crop, or no body worth the name (a speck, a label)
+    else:
+        estimate = BODY_WIDTH_MM / (cols[-1] - cols[0] + 1)
+    return float(np.clip(estimate, *ESTIMATE_RANGE_MM))
 
 
 def body_mask_8bit(image: np.ndarray) -> np.ndarray:

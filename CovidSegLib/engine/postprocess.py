@@ -5,8 +5,9 @@ the patient), stray specks, holes where dense infection hides the lung, and one 
 touch (handled by :func:`CovidSegLib.engine.lateral.split_left_right`). Infection is kept only inside the lungs.
 Lung lies inside the body: nothing outside each slice's body hull (its convex hull, one cell wider) is lung, even
 where it touches the lungs (a "lung" drawn in the air over a patient), and a lung component must lie mostly inside
-the hulls. The hull, not the body mask, because a field of view that cuts the chest wall leaves lungs open to the
-image's edge, which the body mask's hole filling cannot enclose (CTChest cropped to 88 x 88 lost both lungs so).
+the body (air in a concavity of the body, inside its hull, is not lung). Where a field of view cuts the chest wall
+the lungs are open to the image's edge, which the body mask's hole filling cannot enclose (CTChest cropped to
+88 x 88 lost both lungs so): the edges the body touches count as closed (:func:`bodies_closed_at_cut_edges`).
 """
 
 from __future__ import annotations
@@ -57,6 +58,24 @@ def body_hulls(body: np.ndarray) -> np.ndarray:
         if slice_body.any():
             hulls[index] = ndimage.binary_dilation(convex_hull_image(slice_body), iterations=1)
     return hulls
+
+
+def bodies_closed_at_cut_edges(body: np.ndarray) -> np.ndarray:
+    """Each slice's body ``[k, j, i]`` with what it encloses filled, the image edges it touches counting as body:
+    a lung that a cut field of view leaves open to the edge is inside; the air around a whole patient, which
+    reaches an edge the body does not touch, stays outside."""
+    closed = np.empty_like(body)
+    for index, slice_body in enumerate(body):
+        if not slice_body.any():
+            closed[index] = slice_body
+            continue
+        padded = np.pad(slice_body, 1)
+        for edge, touched in ((np.s_[0, :], slice_body[0].any()), (np.s_[-1, :], slice_body[-1].any()),
+                              (np.s_[:, 0], slice_body[:, 0].any()), (np.s_[:, -1], slice_body[:, -1].any())):
+            if touched:
+                padded[edge] = True
+        closed[index] = fill_holes_2d(padded)[1:-1, 1:-1]
+    return closed
 
 
 def fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
@@ -120,10 +139,11 @@ def postprocess(
     cells = _max_pool_in_plane(raw, factor)
     if body is None and volume_hu is not None:
         body = BodySample.of(volume_hu, pixel_mm)
-    hulls = body_hulls(body.on_grid(factor, cells.shape)) if body is not None else None
-    if hulls is not None:
-        cells &= hulls
-    cells = keep_lung_components(cells, hulls)
+    body_cells = body.on_grid(factor, cells.shape) if body is not None else None
+    if body_cells is not None:
+        cells &= body_hulls(body_cells)
+        body_cells = bodies_closed_at_cut_edges(body_cells)
+    cells = keep_lung_components(cells, body_cells)
     sides = split_left_right(cells, _cell_geometry(geometry, factor))
     labels = np.zeros(raw.shape, dtype=np.uint8)
     if not sides.any():

@@ -4,7 +4,8 @@ Each rendering of a volume is placed on the canvas by its own spacing and body (
 the engine places a volume), so a cropped acquisition moves the canvas centre the way a small field of view would.
 Synthetic lesions are drawn only on CTs without COVID-19 (``healthy``): on a COVID-19 CT a drawn lesion could
 overlap an unlabelled real one. Where a healthy CT has no lung mask (POPI), lesions are placed in lungs found by
-HU (:func:`CovidSegLib.training.lesions.lungs_from_hu`), and its lungs stay unlabelled.
+HU (:func:`CovidSegLib.training.lesions.lungs_from_hu`), and its lungs stay unlabelled. A lesion trains on the
+slices it reaches only; a CT with no lung in its chosen slices gets none.
 """
 
 from __future__ import annotations
@@ -58,9 +59,13 @@ def canvas_case_slices(case: str, hu: np.ndarray, spacing_zyx: tuple[float, floa
         parts.append(rendered(volume, lung, lesion, chosen, scan_names, has_infection))
     if healthy and renderings.lesions:
         where = lungs if has_lungs else lungs_from_hu(hu, pixel_mm[0] * pixel_mm[1])
-        lung_slices = chosen[where[chosen].any(axis=(1, 2))]
-        for index in range(renderings.lesions):
+        for index in range(renderings.lesions if where[chosen].any() else 0):
             volume, lesion, recipe = draw_lesion(hu, where, spacing_zyx, rng)
-            names = [f"{case}/lesion-{index}-{recipe.extent}-{recipe.texture}/{k}" for k in lung_slices]
-            parts.append(rendered(volume, lungs | lesion if has_lungs else lungs, lesion, lung_slices, names, True))
+            # only the slices the lesion reaches: the others are the scan again, weighing the CT many times over
+            lesion_slices = chosen[lesion[chosen].any(axis=(1, 2))]
+            if not len(lesion_slices):
+                continue
+            names = [f"{case}/lesion-{index}-{recipe.extent}-{recipe.texture}/{k}" for k in lesion_slices]
+            parts.append(rendered(volume, lungs | lesion if has_lungs else lungs, lesion, lesion_slices, names,
+                                  True))
     return SliceSet.concatenate(parts)

@@ -149,7 +149,13 @@ def score_fold(fold: int, model: LoadedModel, validation: SliceSet, healthy_cts:
     segmenter = SliceSegmenter(model, select_device("cpu"))
     for start in range(0, len(validation.names), batch):
         part = slice(start, start + batch)
-        logits = segmenter.logits(segmenter.prepare_images(validation.images[part])).numpy()
+        if validation.has_density is not None:  # anatomy: the validation slices are canvases already
+            from ..engine.anatomy import anatomy_network_input
+
+            batch_input = anatomy_network_input(validation.images[part], validation.has_density[part])
+        else:
+            batch_input = segmenter.prepare_images(validation.images[part])
+        logits = segmenter.logits(batch_input).numpy()
         masks = resize_masks(np.stack([validation.lungs[part], validation.infection[part]], axis=1),
                              model.card.input_size)
         for counts, keep, channel in (
