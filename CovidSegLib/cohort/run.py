@@ -214,8 +214,7 @@ class CohortRun:
             else:
                 figures = quantify(result.labels, result.volume.geometry, result.volume.array, self.floor)
             if not claim.still_held():
-                return self._failed(ct, case, "internal", "its claim was taken over while it ran (this process was "
-                                    "judged stale); the other process's result stands")
+                return self._lost_claim(ct, case)
             seconds = float(result.seconds["total"])
             made = {"by": self.me.describe(), "started": self.started, "finished": time.time(), "seconds": seconds,
                     "device": str(result.device), "precision": str(result.precision)}
@@ -224,16 +223,26 @@ class CohortRun:
             result.notes.extend(f"DICOM SR: {path}" for path in made_beside.values())
         except (ModelError, Cancelled):
             raise
-        except (InputError, OutputError) as error:
-            return self._failed(ct, case, "output" if isinstance(error, OutputError) else "input", str(error))
         except Exception as error:  # one strange case must not stop a cohort of hundreds
-            return self._failed(ct, case, "internal", f"{type(error).__name__}: {error}")
+            return self._failure(ct, case, error)
         (self.state / "failed" / f"{case}.json").unlink(missing_ok=True)
         for line in result.notes:
             (self.display.warn if line.startswith("warning: ") else self.display.say)(f"{ct.name}: {line}")
         self.display.say(f"{ct} -> {output} ({result.slices_inferred}/{result.slices_total} slices on "
                          f"{result.device} in {result.precision}, {seconds:.1f} s){f'; {note}' if note else ''}")
         return {**self._row(ct, "done", output, note), "seconds": seconds, "made_by": self.me.describe(), **cells}
+
+    def _failure(self, ct: Path, case: str, error: Exception) -> dict[str, object]:
+        """The failed row of one case's error: bad input or output by its kind, anything else as internal (model
+        errors and cancelling end the run instead, before this is reached)."""
+        if isinstance(error, (InputError, OutputError)):
+            return self._failed(ct, case, "output" if isinstance(error, OutputError) else "input", str(error))
+        return self._failed(ct, case, "internal", f"{type(error).__name__}: {error}")
+
+    def _lost_claim(self, ct: Path, case: str) -> dict[str, object]:
+        """The row of a case whose claim another process took over while this one worked on it."""
+        return self._failed(ct, case, "internal", "its claim was taken over while it ran (this process was judged "
+                            "stale); the other process's result stands")
 
     def _sr_of_new_output(self, result: SegmentationResult, output: Path, ct: Path) -> dict[str, Path]:
         """With ``--sr``, the SR of the output just written (by the manifest's key). Without it, an SR left from
@@ -256,17 +265,14 @@ class CohortRun:
         try:
             written = extras.write_missing(ct, output, missing, self.model, self.options, self.floor)
             if not claim.still_held():
-                return self._failed(ct, case, "internal", "its claim was taken over while it ran (this process was "
-                                    "judged stale); the other process's result stands")
+                return self._lost_claim(ct, case)
             recorded = {key: path for key, path in written.items() if key == extras.SR_KEY}
             if recorded:
                 record_extras(manifest, recorded, [ct])
         except (ModelError, Cancelled):
             raise
-        except (InputError, OutputError) as error:
-            return self._failed(ct, case, "output" if isinstance(error, OutputError) else "input", str(error))
         except Exception as error:  # one strange case must not stop a cohort of hundreds
-            return self._failed(ct, case, "internal", f"{type(error).__name__}: {error}")
+            return self._failure(ct, case, error)
         (self.state / "failed" / f"{case}.json").unlink(missing_ok=True)
         for path in written.values():
             self.display.say(f"{ct.name}: wrote {path}")
