@@ -63,22 +63,21 @@ class Placement:
         return np.array([[scale_col, 0.0, middle - self.centre[1] * scale_col],
                          [0.0, scale_row, middle - self.centre[0] * scale_row]], dtype=np.float64)
 
-    def to_canvas(self, image: np.ndarray, fill: float, smooth: bool = True) -> np.ndarray:
+    def to_canvas(self, image: np.ndarray, fill: float) -> np.ndarray:
         """``image`` ``[rows, cols]`` (float) on the canvas ``[size, size]`` float32, ``fill`` outside the slice.
 
         Shrinking first blurs the slice by the Gaussian that keeps the canvas from aliasing (sigma
         ``sqrt(1/s^2 - 1) / 2`` source pixels for a scale ``s``), then samples it bilinearly through the exact
-        affine: no image size is rounded, so padding the slice moves nothing on the canvas. ``smooth=False`` samples
-        without the blur (masks resampled as fractions)."""
+        affine: no image size is rounded, so padding the slice moves nothing on the canvas. Masks go through the
+        same (as fractions), so they stay aligned with the image."""
         import cv2
 
         values = np.asarray(image, dtype=np.float32)
         matrix = self.matrix()
-        if smooth:
-            sigmas = [np.sqrt(max(1.0 / scale ** 2 - 1.0, 0.0)) / 2.0 for scale in (matrix[0, 0], matrix[1, 1])]
-            if max(sigmas) > 0.1:
-                values = cv2.GaussianBlur(values, (0, 0), sigmaX=max(sigmas[0], 0.01), sigmaY=max(sigmas[1], 0.01),
-                                          borderType=cv2.BORDER_REPLICATE)
+        sigmas = [np.sqrt(max(1.0 / scale ** 2 - 1.0, 0.0)) / 2.0 for scale in (matrix[0, 0], matrix[1, 1])]
+        if max(sigmas) > 0.1:
+            values = cv2.GaussianBlur(values, (0, 0), sigmaX=max(sigmas[0], 0.01), sigmaY=max(sigmas[1], 0.01),
+                                      borderType=cv2.BORDER_REPLICATE)
         size = self.canvas_size
         return cv2.warpAffine(values, matrix, (size, size), flags=cv2.INTER_LINEAR,
                               borderMode=cv2.BORDER_CONSTANT, borderValue=float(fill))

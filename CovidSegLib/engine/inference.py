@@ -342,15 +342,9 @@ def run_network(segmenter: "SliceSegmenter", hu: np.ndarray, indices: np.ndarray
 
 def paste_masks(segmenter: "SliceSegmenter", logits: "torch.Tensor", indices: np.ndarray,  # noqa: F821
                 frame: "Box | Placement", lungs: np.ndarray, infection: np.ndarray) -> None:
-    """Threshold logits on the slice grid and write them into the canonical volumes at ``indices``."""
-    if isinstance(frame, Placement):
-        lungs[indices], infection[indices] = segmenter.masks_on_slices(logits, frame, lungs.shape[1:])
-        return
-    lung_crops, infection_crops = segmenter.masks(logits, frame.side)
-    lung_block, infection_block = lungs[indices], infection[indices]
-    frame.paste(lung_crops, lung_block)
-    frame.paste(infection_crops, infection_block)
-    lungs[indices], infection[indices] = lung_block, infection_block
+    """Threshold logits on the slice grid and write them into the canonical volumes at ``indices`` (each slice is
+    written once, so the masks of a crop replace the slice's empty masks)."""
+    lungs[indices], infection[indices] = segmenter.masks_on_slices(logits, frame, lungs.shape[1:])
 
 
 def segment_volume(

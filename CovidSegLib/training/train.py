@@ -204,9 +204,8 @@ def prepare_arrays(slices: SliceSet, config: TrainConfig):
             raise ValueError(f"anatomy slices are {slices.images.shape[-1]} pixels, the network's input "
                              f"{config.input_size}")
         images, masks = anatomy_network_input(slices.images, slices.has_density).numpy(), masks.astype(np.float32)
-        labelled = np.stack([slices.has_lungs, slices.has_infection], axis=1)
-        return images, masks, labelled
-    images, masks = resize_slices(slices.images, masks, config.input_size)
+    else:
+        images, masks = resize_slices(slices.images, masks, config.input_size)
     labelled = np.stack([slices.has_lungs, slices.has_infection], axis=1)
     return images, masks, labelled
 
