@@ -234,7 +234,12 @@ def score_run(config_path: Path, thresholds: tuple[float, ...], hu_slices: tuple
     config = TrainConfig.from_file(config_path)
     if config.folds < 2:
         raise ValueError(f"{config_path}: not a k-fold configuration (folds = {config.folds})")
-    pool, fold_of = fold_pool(config)
+    if config.prepared:  # the rendered sources the folds trained from, not a second rendering
+        from .prepared import read_sources
+
+        pool, fold_of = fold_pool(config, read_sources(config))
+    else:
+        pool, fold_of = fold_pool(config)
     cts = healthy_cts(config)
     check_held_out(config_path, cts, held_out_cts or {})
     results = []

@@ -20,8 +20,11 @@ import numpy as np
 from .data import NO_PATIENT, SliceSet, load_medseg, load_npz_slices, load_slice_corpus, read_split, split_indices
 from .volumes import load_volume_slices
 
+#: What :func:`load_sources` renders: the training pool per source, and the corpus' validation groups (or None).
+Sources = tuple[list[SliceSet], SliceSet | None]
 
-def load_sources(config) -> tuple[list[SliceSet], SliceSet | None]:
+
+def load_sources(config) -> "Sources":
     """The training pool per source, and the corpus' validation groups (None without the corpus).
 
     HU sources are rendered with the model's preprocessing and with each of ``config.hu_variants()`` (the
@@ -96,10 +99,11 @@ def medseg_blocks(medseg: SliceSet, folds: int) -> SliceSet:
                     medseg.names, groups, medseg.has_density)
 
 
-def fold_pool(config) -> tuple[SliceSet, dict[str, int]]:
+def fold_pool(config, sources: Sources | None = None) -> tuple[SliceSet, dict[str, int]]:
     """Every source's slices in one pool (the corpus' validation groups too) and the fold of each patient group:
     loaded once, it serves every fold (a k-fold report scores all folds from it)."""
-    parts, corpus_validation = load_sources(config)
+    parts, corpus_validation = load_sources(config) if sources is None else sources
+    parts = list(parts)
     if corpus_validation is not None:
         parts.append(corpus_validation)  # folds deal the corpus' validation groups too
     pool = SliceSet.concatenate(parts)
@@ -119,15 +123,18 @@ def fold_sets(pool: SliceSet, fold_of: dict[str, int], fold: int) -> tuple[Slice
     return train_set, first_renderings(validation), f"fold {fold} of {folds}: {len(held)} patient groups validate"
 
 
-def training_sets(config) -> tuple[SliceSet, SliceSet, str]:
-    """Training set, validation set, and one line saying how they were split."""
+def training_sets(config, sources: Sources | None = None) -> tuple[SliceSet, SliceSet, str]:
+    """Training set, validation set, and one line saying how they were split. ``sources``: the rendered sources
+    (a prepared file's, :mod:`.prepared`); rendered from ``config`` where None."""
+    if sources is None:
+        sources = load_sources(config)
     if config.folds:
         if config.validation_trains:
             raise ValueError("validation_trains trains a recipe's final model on every patient group: a "
                              "configuration with folds validates on some of them")
-        pool, fold_of = fold_pool(config)
+        pool, fold_of = fold_pool(config, sources)
         return fold_sets(pool, fold_of, config.fold)
-    train_set, validation, how = held_out_split(config)
+    train_set, validation, how = held_out_split(config, sources)
     if validation is None:
         return train_set, first_renderings(train_set), how
     if config.validation_trains:
@@ -136,10 +143,10 @@ def training_sets(config) -> tuple[SliceSet, SliceSet, str]:
     return train_set, first_renderings(validation), how
 
 
-def held_out_split(config) -> tuple[SliceSet, SliceSet | None, str]:
+def held_out_split(config, sources: Sources) -> tuple[SliceSet, SliceSet | None, str]:
     """Without folds: the training slices, the validation slices (None where the training slices double as
     them), and how they were chosen."""
-    parts, corpus_validation = load_sources(config)
+    parts, corpus_validation = sources
     pool = SliceSet.concatenate(parts)
     if corpus_validation is not None:
         return pool, corpus_validation, "validation: the corpus' recorded validation groups"

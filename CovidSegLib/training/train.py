@@ -109,6 +109,10 @@ class TrainConfig:
     #: the corpus' training slices this many times in each epoch (augmented apart): its real lesions keep their
     #: share of the steps when synthetic renderings are added
     corpus_copies: int = 1
+    #: train from the sources rendered beforehand by ``python -m CovidSegLib.training.prepared`` (an .npz) instead
+    #: of rendering them: render on the machine with the data, train on the one with the GPU; one file serves the
+    #: final model and every fold. It must come from the same data fields as this configuration.
+    prepared: str | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.infection_miss_weight < 1:
@@ -256,11 +260,12 @@ def pooled_dice(network, images, masks, labelled, batch_size: int = 64, device=N
 
 
 def make_card(config: TrainConfig, scores: dict | None = None, training_data: str = "") -> ModelCard:
-    """The card of a model trained with ``config``; it records the configuration (the run folder left out: it is
-    a place on one machine), so the model can be trained again."""
+    """The card of a model trained with ``config``; it records the configuration (the run folder and the prepared
+    file left out: they are places on one machine, and the data fields say what the file held), so the model can
+    be trained again."""
     from dataclasses import asdict
 
-    recorded = {key: value for key, value in asdict(config).items() if key != "out_dir"}
+    recorded = {key: value for key, value in asdict(config).items() if key not in ("out_dir", "prepared")}
     return ModelCard(
         name=config.name, architecture="Unet", encoder=config.encoder, encoder_depth=config.encoder_depth,
         decoder_channels=tuple(config.decoder_channels),
@@ -318,7 +323,12 @@ def train(config: TrainConfig, log=print) -> Path:
     log = log if lead else (lambda *_: None)
     out_dir = Path(config.out_dir).expanduser()
     out_dir.mkdir(parents=True, exist_ok=True)
-    train_set, validation, how = training_sets(config)
+    if config.prepared:
+        from .prepared import read_prepared
+
+        train_set, validation, how = read_prepared(config)
+    else:
+        train_set, validation, how = training_sets(config)
     train_arrays = prepare_arrays(train_set, config)
     validation_arrays = prepare_arrays(validation, config)
     log(f"training on {len(train_set.names)} slices, validating on {len(validation.names)} ({how}); "
