@@ -116,3 +116,20 @@ def test_a_file_that_is_not_prepared_slices_is_refused(config: TrainConfig, tmp_
     broken.write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="broken.npz: not a prepared slice file"):
         read_prepared(replace(config, prepared=str(broken)))
+
+
+def test_a_batch_is_converted_bit_for_bit_as_the_whole_set(config: TrainConfig) -> None:
+    """Training keeps slices uint8 and converts each batch: the network sees what converting everything up front
+    gave (5x the memory), in any order the shuffle draws."""
+    from CovidSegLib.engine.anatomy import anatomy_network_input
+    from CovidSegLib.training.train import prepare_arrays
+
+    train_set, _, _ = training_sets(config)
+    arrays = prepare_arrays(train_set, config)
+    assert arrays.images.dtype == np.uint8 and arrays.masks.dtype == bool
+    index = np.random.default_rng(0).permutation(len(arrays))[:7]
+    inputs, masks, labelled = arrays.batch(index)
+    whole = anatomy_network_input(train_set.images, train_set.has_density)
+    assert torch.equal(inputs, whole[torch.from_numpy(index)])
+    assert torch.equal(masks[:, 1], torch.from_numpy(train_set.infection[index].astype(np.float32)))
+    assert labelled.tolist() == np.stack([train_set.has_lungs, train_set.has_infection], 1)[index].tolist()
