@@ -155,3 +155,27 @@ def test_lung_must_lie_in_the_body_not_merely_in_its_hull_and_a_cut_chest_wall_k
     kept = keep_lung_components(cut_lung & body_hulls(cut), bodies_closed_at_cut_edges(cut))
     assert kept[cut_lung].all()
     assert not bodies_closed_at_cut_edges(cut)[0, :5].any()  # the air above the patient stays outside
+
+
+def test_body_hulls_match_the_exact_convex_hull_within_one_pixel(volumes) -> None:
+    """The OpenCV hull against scikit-image's exact one, on CTChest's real bodies and on two separate blobs."""
+    from scipy import ndimage
+    from skimage.morphology import convex_hull_image
+
+    from CovidSegLib.checks.intensity import prepare_ct
+    from CovidSegLib.engine.postprocess import body_hulls
+    from CovidSegLib.engine.preprocessing import body_mask_2d
+
+    canonical, _ = to_canonical(prepare_ct(read_volume(volumes / "ctchest4.nrrd")))
+    two = np.zeros((1, 64, 64), bool)
+    two[0, 10:20, 5:15] = two[0, 40:50, 45:60] = True
+    for bodies in (np.stack([body_mask_2d(s) for s in canonical.array]), two):
+        for body, hull in zip(bodies, body_hulls(bodies)):
+            assert body.any()
+            exact = ndimage.binary_dilation(convex_hull_image(body), iterations=1)
+            assert not (hull & ~ndimage.binary_dilation(exact)).any()
+            assert not (exact & ~ndimage.binary_dilation(hull)).any()
+            assert not (body & ~hull).any()  # the body lies inside its hull
+    spread = body_hulls(two)[0]
+    assert spread[30, 30] and not spread[5, 60]  # between the blobs, not beyond them
+    assert body_hulls(np.zeros((2, 16, 16), bool)).all()  # no body: nothing is dropped

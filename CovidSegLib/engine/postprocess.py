@@ -50,13 +50,20 @@ def keep_lung_components(lungs: np.ndarray, body: np.ndarray | None) -> np.ndarr
 
 def body_hulls(body: np.ndarray) -> np.ndarray:
     """Each slice's body ``[k, j, i]`` as its convex hull, one pixel wider (a slice without body: all of it, so
-    that nothing is dropped where the body was not found)."""
-    from skimage.morphology import convex_hull_image
+    that nothing is dropped where the body was not found). The hull of the outer contours' points, filled by
+    OpenCV: within one pixel of scikit-image's exact ``convex_hull_image`` and far faster (100 slices of 512 x 512:
+    0.02 s against 8.6 s, the other core busy)."""
+    import cv2
 
+    cross = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
     hulls = np.ones_like(body)
     for index, slice_body in enumerate(body):
-        if slice_body.any():
-            hulls[index] = ndimage.binary_dilation(convex_hull_image(slice_body), iterations=1)
+        contours, _ = cv2.findContours(slice_body.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        if not contours:
+            continue
+        hull = np.zeros(slice_body.shape, np.uint8)
+        cv2.fillConvexPoly(hull, cv2.convexHull(np.concatenate(contours)), 1)
+        hulls[index] = cv2.dilate(hull, cross).astype(bool)
     return hulls
 
 
