@@ -131,6 +131,39 @@ def test_pixel_size_of_a_slice_without_spacing_comes_from_its_body(volumes, lung
     assert CROP_WIDTH_MM / hu.shape[2] == pytest.approx(pixel_mm[1], rel=0.1)
 
 
+def test_a_corpus_patient_is_placed_at_one_pixel_size_whatever_joins_one_slices_body(volumes) -> None:
+    """CTChest's lung slices as an 8-bit corpus patient; on two slices a bright table band, touching both image
+    edges, joins the body, so those slices alone would take the crop's pixel size. The patient's median keeps
+    every slice at CTChest's own scale."""
+    from CovidSegLib.engine.canvas import body_mask_8bit
+    from CovidSegLib.training.canvas_slices import corpus_on_canvas, pixel_mm_per_patient
+    from CovidSegLib.training.data import NO_PATIENT, SliceSet
+
+    canonical, _ = to_canonical(prepare_ct(read_volume(volumes / "ctchest4.nrrd")))
+    clean = (np.clip((canonical.array[10:24] + 1250.0) / 1500.0, 0, 1) * 255).astype(np.uint8)
+    eight_bit = clean.copy()
+    rows = np.flatnonzero(body_mask_2d(canonical.array[16]).any(axis=1))
+    eight_bit[[3, 9], rows[-1] - 2:rows[-1] + 4, :] = 200  # the table, joined to the body, edge to edge
+    own = np.array([estimated_pixel_mm(body_mask_8bit(image)) for image in eight_bit])
+    assert own[3] == own[9] == pytest.approx(CROP_WIDTH_MM / eight_bit.shape[2])  # the misfire
+    truth = float(canonical.geometry.spacing[0])
+    n = len(eight_bit)
+    masks = np.zeros(eight_bit.shape, bool)
+
+    def mid_chest_widths(images: np.ndarray) -> np.ndarray:
+        """The body's width on the canvas, in canvas pixels, along the canvas' middle row (above the table)."""
+        corpus = SliceSet(images, masks, masks, np.ones(n, bool), np.ones(n, bool), [f"s{i}" for i in range(n)],
+                          ["corpus/ctchest"] * n)
+        placed = corpus_on_canvas(corpus, ANATOMY).images[:, 0]
+        return np.array([body_mask_8bit(image)[ANATOMY.canvas_size // 2].sum() for image in placed])
+
+    with_table, without = mid_chest_widths(eight_bit), mid_chest_widths(clean)
+    assert np.abs(with_table - without).max() <= 2  # the table changes no slice's scale
+    expected = pixel_mm_per_patient(own, ["corpus/ctchest"] * n)
+    assert expected == pytest.approx(np.median(own)) and np.median(own) == pytest.approx(truth, rel=0.05)
+    assert pixel_mm_per_patient(own, [NO_PATIENT] * n) == pytest.approx(own)  # no patient id: each its own
+
+
 def test_the_network_input_flags_where_density_is_absent() -> None:
     images = np.full((2, 2, 8, 8), 255, np.uint8)
     tensor = anatomy_network_input(images, np.array([True, False]))

@@ -183,7 +183,7 @@ def test_recorded_training_configurations_are_valid() -> None:
                             "kfold-corpus-only-mobilenet", "kfold-corpus-only-fp32",
                             "kfold-corpus-only-tversky", "kfold-corpus-only-tversky-06", "kfold-corpus-only-thick",
                             "kfold-corpus-only-seed1", "kfold-corpus-only-copypaste", "anatomy-split",
-                            "anatomy-split-v2", "anatomy-v2-final", "kfold-anatomy-v2"}
+                            "anatomy-split-v2", "anatomy-v2-final", "kfold-anatomy-v2", "anatomy-v2-short"}
     for stage_1, stage_2 in ((configs["corpus-only"], configs["corpus-only-continued"]),
                              (configs["kfold-with-medseg"], configs["kfold-with-medseg-continued"]),
                              (configs["kfold-corpus-only"], configs["kfold-corpus-only-continued"])):
@@ -222,12 +222,14 @@ def test_recorded_training_configurations_are_valid() -> None:
         unchanged = {"name", "out_dir", *changed}
         assert {k: v for k, v in fields.items() if k not in unchanged} == \
             {k: v for k, v in asdict(corpus_only).items() if k not in unchanged}
-    # the anatomy v2 recipe's final model (its validation groups train too) and its cross-validation render the
-    # same sources (one prepared file serves both) and change nothing else
+    # the anatomy v2 recipe's final model (its validation groups train too), the same at half the schedule (a
+    # candidate 2 CPU cores train in one session) and its cross-validation render the same sources (one prepared
+    # file serves all three) and change nothing else
     from CovidSegLib.training.prepared import data_description
 
     split_v2 = asdict(configs["anatomy-split-v2"])
-    for study, changed in (("anatomy-v2-final", {"validation_trains": True}), ("kfold-anatomy-v2", {"folds": 3})):
+    for study, changed in (("anatomy-v2-final", {"validation_trains": True}), ("kfold-anatomy-v2", {"folds": 3}),
+                           ("anatomy-v2-short", {"validation_trains": True, "epochs": 12})):
         assert data_description(configs[study]) == data_description(configs["anatomy-split-v2"])
         fields = asdict(configs[study])
         assert {name: fields[name] for name in changed} == changed
