@@ -365,3 +365,29 @@ def test_anatomy_training_renders_every_source_on_the_canvas_and_exports_a_model
     result = segment_file(volumes / "ctchest4.nrrd", tmp_path / "ctchest.nii.gz", model,
                           SegmentOptions(allow_empty=True))
     assert result.labels.shape == (34, 128, 128)
+
+
+def test_an_anatomy_model_trains_on_exactly_the_input_the_product_gives_it(pairs: Path, volumes: Path,
+                                                                           tmp_path: Path) -> None:
+    """A CT's training slices, as scanned, are bit for bit the network input ``covidseg segment``'s engine makes of
+    the same slices: the same reading and HU checks, the same canvas placement, the same channels."""
+    from CovidSegLib.checks.intensity import prepare_ct
+    from CovidSegLib.engine.anatomy import anatomy_network_input
+    from CovidSegLib.engine.inference import SliceSegmenter
+    from CovidSegLib.engine.model import build_network, save_model
+    from CovidSegLib.io.orientation import to_canonical
+    from CovidSegLib.io.reading import read_volume
+    from CovidSegLib.training.train import make_card
+
+    config = TrainConfig(out_dir="", representation="anatomy")
+    card = make_card(config)
+    save_model(build_network(card), card, tmp_path / "untrained.json")
+    segmenter = SliceSegmenter(load_model(tmp_path / "untrained.json"), torch.device("cpu"))
+
+    trained = load_volume_slices(pairs, config.preprocessing(), "totalseg-lobes", healthy=True)
+    canonical, _ = to_canonical(prepare_ct(read_volume(volumes / "totalseg_example_ct_sm.nii.gz")))
+    spacing = canonical.geometry.spacing
+    frame = segmenter.frame_for_volume(canonical.array, (float(spacing[1]), float(spacing[0])))
+    indices = np.array([int(name.rsplit("/", 1)[1]) for name in trained.names])
+    product = segmenter.prepare(canonical.array[indices], frame)
+    assert torch.equal(anatomy_network_input(trained.images, trained.has_density), product)
