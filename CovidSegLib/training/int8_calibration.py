@@ -4,8 +4,10 @@
 
 The ranges are taken on the model's own training data, read from the card's ``training_config``: the corpus'
 training groups (every ``--corpus-every``-th slice) and every healthy training volume whole (neck to pelvis, so
-slices above and below the lungs are covered), each in the model's representation. Held-out patients and the CTs
-kept out of training (Slicer's CTChest) are never used. The network is the one the engine runs: eval mode,
+slices above and below the lungs are covered), each in the model's representation; for an anatomy model each healthy
+volume also once with a synthetic lesion, as it trained, so that the density channel's dense lung (ground glass,
+consolidation: what the product meets in COVID-19 CT) is inside the measured ranges and not clipped by them.
+Held-out patients and the CTs kept out of training (Slicer's CTChest) are never used. The network is the one the engine runs: eval mode,
 BatchNorms folded. See :mod:`CovidSegLib.engine.int8_inference` for how the ranges are used.
 """
 
@@ -29,7 +31,7 @@ BATCH = 16
 
 def calibration_images(model: LoadedModel, corpus_every: int) -> tuple[SliceSet, str]:
     """Slices in the model's representation from its training data, and a sentence saying which (an anatomy
-    model's corpus slices on its canvas, its healthy volumes as scanned: the product meets no synthetic lesion)."""
+    model's corpus slices on its canvas, its healthy volumes as scanned and with one synthetic lesion each)."""
     config = model.card.training_config
     if not config.get("corpus"):
         raise ValueError(f"{model.card_path}: the card's training_config names no corpus to calibrate on")
@@ -40,10 +42,17 @@ def calibration_images(model: LoadedModel, corpus_every: int) -> tuple[SliceSet,
 
         train = corpus_on_canvas(train, model.card.preprocessing)
     parts, sources = [train], [f"{len(train.names)} corpus slices (every {corpus_every}th of the training groups)"]
+    renderings, rendered = None, ""
+    if model.card.preprocessing.mode == "anatomy":
+        from .canvas_volumes import HuRenderings
+
+        renderings = HuRenderings(lesions=1, seed=int(config.get("seed", 0)))
+        rendered = ", as scanned and with a synthetic lesion"
     for path, label_map in healthy_folders(config.get("healthy_volumes", ())):
-        slices = load_volume_slices(Path(path).expanduser(), model.card.preprocessing, label_map, healthy=True)
+        slices = load_volume_slices(Path(path).expanduser(), model.card.preprocessing, label_map, healthy=True,
+                                    renderings=renderings)
         parts.append(slices)
-        sources.append(f"{len(slices.names)} slices of the healthy training volumes in {Path(path).name}")
+        sources.append(f"{len(slices.names)} slices of the healthy training volumes in {Path(path).name}{rendered}")
     return SliceSet.concatenate(parts), "; ".join(sources)
 
 
