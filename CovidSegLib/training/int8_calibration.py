@@ -7,8 +7,8 @@ training groups (every ``--corpus-every``-th slice) and every healthy training v
 slices above and below the lungs are covered), each in the model's representation; for an anatomy model each healthy
 volume also once with a synthetic lesion, as it trained, so that the density channel's dense lung (ground glass,
 consolidation: what the product meets in COVID-19 CT) is inside the measured ranges and not clipped by them.
-Held-out patients and the CTs kept out of training (Slicer's CTChest) are never used. The network is the one the engine runs: eval mode,
-BatchNorms folded. See :mod:`CovidSegLib.engine.int8_inference` for how the ranges are used.
+Held-out patients and the CTs kept out of training (Slicer's CTChest) are never used. The network is the one the
+engine runs: eval mode, BatchNorms folded. See :mod:`CovidSegLib.engine.int8_inference` for how the ranges are used.
 """
 
 from __future__ import annotations
