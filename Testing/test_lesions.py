@@ -11,7 +11,7 @@ from CovidSegLib.checks.intensity import prepare_ct
 from CovidSegLib.io.orientation import to_canonical
 from CovidSegLib.io.reading import read_volume
 from CovidSegLib.training.acquisition import Acquisition, acquire
-from CovidSegLib.training.lesions import draw_lesion, lungs_from_hu
+from CovidSegLib.training.lesions import DEPENDENT_RISE_HU, draw_dependent_density, draw_lesion, lungs_from_hu
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +45,29 @@ def test_lesions_lie_in_the_lungs_raise_them_and_leave_the_rest(ctchest) -> None
         if lesion.extent == "focal":
             assert lesion.lung_fraction <= 0.15, lesion
     assert extents == {"focal", "lobar", "diffuse"}
+
+
+def test_ground_glass_is_drawn_from_the_range_asked_for(ctchest) -> None:
+    hu, lungs, spacing = ctchest
+    targets = [draw_lesion(hu, lungs, spacing, np.random.default_rng(seed), consolidation=False, texture="plain",
+                           ggo_hu=(-650.0, -300.0))[2].target_hu for seed in range(8)]
+    assert min(targets) >= -650.0 and max(targets) <= -300.0
+
+
+def test_a_dependent_gradient_raises_the_back_of_the_lung_only(ctchest) -> None:
+    """The hard negative: parenchyma denser towards the back by up to DEPENDENT_RISE_HU, the front and everything
+    that is not parenchyma (vessels, the body) unchanged."""
+    hu, lungs, spacing = ctchest
+    new, rise = draw_dependent_density(hu, lungs, spacing, np.random.default_rng(5))
+    assert DEPENDENT_RISE_HU[0] <= rise <= DEPENDENT_RISE_HU[1]
+    parenchyma = lungs & (hu < -500)
+    assert np.array_equal(new[~parenchyma], hu[~parenchyma])
+    change = new - hu
+    rows = np.flatnonzero(lungs.any(axis=(0, 2)))
+    front, back = np.zeros_like(lungs), np.zeros_like(lungs)
+    front[:, rows[0]:rows[0] + len(rows) // 4], back[:, rows[-1] - len(rows) // 4:rows[-1] + 1] = True, True
+    assert change[parenchyma & front].mean() < 0.15 * rise < 0.4 * rise < change[parenchyma & back].mean()
+    assert change.min() >= 0 and change.max() <= 1.6 * rise + 1e-3
 
 
 def test_a_lesion_is_drawn_again_from_its_seed(ctchest) -> None:

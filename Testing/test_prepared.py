@@ -133,3 +133,38 @@ def test_a_batch_is_converted_bit_for_bit_as_the_whole_set(config: TrainConfig) 
     assert torch.equal(inputs, whole[torch.from_numpy(index)])
     assert torch.equal(masks[:, 1], torch.from_numpy(train_set.infection[index].astype(np.float32)))
     assert labelled.tolist() == np.stack([train_set.has_lungs, train_set.has_infection], 1)[index].tolist()
+
+
+def test_a_file_that_predates_a_data_field_was_rendered_at_its_default(config: TrainConfig, tmp_path: Path) -> None:
+    """A file written before dependent_negatives existed reads with the default (0) and is refused with any
+    other count."""
+    import CovidSegLib.training.prepared as prepared
+
+    path = tmp_path / "older.npz"
+    prepared.write_prepared(config, path, log=lambda *_: None)
+    with np.load(path, allow_pickle=False) as stored:
+        arrays = {name: stored[name] for name in stored.files}
+    header = json.loads(str(arrays["header"]))
+    del header["data"]["dependent_negatives"]
+    arrays["header"] = np.asarray(json.dumps(header))
+    np.savez(path, **arrays)
+    assert read_prepared(replace(config, prepared=str(path)))[0].names
+    with pytest.raises(ValueError, match="dependent_negatives: file 0, configuration 2"):
+        read_prepared(replace(config, prepared=str(path), dependent_negatives=2))
+
+
+def test_dependent_negatives_train_denser_lung_as_no_infection(config: TrainConfig) -> None:
+    """The hard negatives of a CT without COVID-19: its lung slices again, denser in the density channel, with
+    infection labelled and empty, and the lesions drawn before them unchanged."""
+    plain, _, _ = training_sets(config)
+    train_set, _, _ = training_sets(replace(config, dependent_negatives=1))
+    negative = np.array(["/dependent-0/" in name for name in train_set.names])
+    assert negative.any() and train_set.has_infection[negative].all() and not train_set.infection[negative].any()
+    kept = ~negative
+    assert train_set.names[:kept.sum()] == plain.names and np.array_equal(train_set.images[kept], plain.images)
+    scan = {name: index for index, name in enumerate(plain.names) if "/lesion-" not in name}
+    for index in np.flatnonzero(negative)[:5]:
+        case, _, slice_number = train_set.names[index].split("/")[-3:]
+        original = plain.images[scan[f"{case}/{slice_number}"], 1].astype(int)
+        assert (train_set.images[index, 1].astype(int) - original).min() >= -1  # density only rises
+        assert train_set.images[index, 1].sum() > original.sum()

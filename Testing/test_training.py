@@ -183,7 +183,8 @@ def test_recorded_training_configurations_are_valid() -> None:
                             "kfold-corpus-only-mobilenet", "kfold-corpus-only-fp32",
                             "kfold-corpus-only-tversky", "kfold-corpus-only-tversky-06", "kfold-corpus-only-thick",
                             "kfold-corpus-only-seed1", "kfold-corpus-only-copypaste", "anatomy-split",
-                            "anatomy-split-v2", "anatomy-v2-final", "kfold-anatomy-v2", "anatomy-v2-short"}
+                            "anatomy-split-v2", "anatomy-v2-final", "kfold-anatomy-v2", "anatomy-v2-short",
+                            "anatomy-v3-short"}
     for stage_1, stage_2 in ((configs["corpus-only"], configs["corpus-only-continued"]),
                              (configs["kfold-with-medseg"], configs["kfold-with-medseg-continued"]),
                              (configs["kfold-corpus-only"], configs["kfold-corpus-only-continued"])):
@@ -236,6 +237,12 @@ def test_recorded_training_configurations_are_valid() -> None:
         assert {k: v for k, v in fields.items() if k not in {"name", "out_dir", *changed}} == \
             {k: v for k, v in split_v2.items() if k not in {"name", "out_dir", *changed}}
         assert fields["out_dir"] != split_v2["out_dir"] and fields["name"] != split_v2["name"]
+    # v3 is v2-short with fainter ground glass left out of the synthetic lesions and dependent hard negatives
+    v2_short, v3_short = asdict(configs["anatomy-v2-short"]), asdict(configs["anatomy-v3-short"])
+    changed = {"lesion_ggo_hu": (-650, -300), "dependent_negatives": 2}
+    assert {name: v3_short[name] for name in changed} == changed
+    assert {k: v for k, v in v3_short.items() if k not in {"name", "out_dir", *changed}} == \
+        {k: v for k, v in v2_short.items() if k not in {"name", "out_dir", *changed}}
     # the bundled model is the chosen recipe (corpus only, stage 1) on every group but the corpus' test groups
     bundled = configs["bundled"]
     assert bundled.validation_trains and not bundled.folds and not bundled.init_model

@@ -5,7 +5,8 @@ the engine places a volume), so a cropped acquisition moves the canvas centre th
 Synthetic lesions are drawn only on CTs without COVID-19 (``healthy``): on a COVID-19 CT a drawn lesion could
 overlap an unlabelled real one. Where a healthy CT has no lung mask (POPI), lesions are placed in lungs found by
 HU (:func:`CovidSegLib.training.lesions.lungs_from_hu`), and its lungs stay unlabelled. A lesion trains on the
-slices it reaches only; a CT with no lung in its chosen slices gets none.
+slices it reaches only; a CT with no lung in its chosen slices gets none. A healthy CT can also be rendered with a
+dependent density gradient and no infection (hard negatives, on its lung slices).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from ..engine.representation import Preprocessing
 from .acquisition import acquire, draw_acquisition
 from .canvas_slices import hu_slices_on_canvas
 from .data import SliceSet
-from .lesions import draw_lesion, lungs_from_hu
+from .lesions import GGO_HU, draw_dependent_density, draw_lesion, lungs_from_hu
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,9 @@ class HuRenderings:
     acquisitions: int = 0  # each in a random other acquisition (noise, resolution, field of view, padding)
     lesions: int = 0  # CTs without COVID-19: each with a random synthetic lesion, in its lung slices
     seed: int = 0
+    #: CTs without COVID-19: each with a dependent density gradient and no infection (lesions.draw_dependent_density)
+    dependent_negatives: int = 0
+    ggo_hu: tuple[float, float] = GGO_HU  # the synthetic ground glass' density range
 
 
 def case_generator(seed: int, case: str) -> np.random.Generator:
@@ -60,7 +64,7 @@ def canvas_case_slices(case: str, hu: np.ndarray, spacing_zyx: tuple[float, floa
     if healthy and renderings.lesions:
         where = lungs if has_lungs else lungs_from_hu(hu, pixel_mm[0] * pixel_mm[1])
         for index in range(renderings.lesions if where[chosen].any() else 0):
-            volume, lesion, recipe = draw_lesion(hu, where, spacing_zyx, rng)
+            volume, lesion, recipe = draw_lesion(hu, where, spacing_zyx, rng, ggo_hu=renderings.ggo_hu)
             # only the slices the lesion reaches: the others are the scan again, weighing the CT many times over
             lesion_slices = chosen[lesion[chosen].any(axis=(1, 2))]
             if not len(lesion_slices):
@@ -68,4 +72,11 @@ def canvas_case_slices(case: str, hu: np.ndarray, spacing_zyx: tuple[float, floa
             names = [f"{case}/lesion-{index}-{recipe.extent}-{recipe.texture}/{k}" for k in lesion_slices]
             parts.append(rendered(volume, lungs | lesion if has_lungs else lungs, lesion, lesion_slices, names,
                                   True))
+    if healthy and renderings.dependent_negatives:  # drawn after the lesions: a recipe without them keeps its lesions
+        where = lungs if has_lungs else lungs_from_hu(hu, pixel_mm[0] * pixel_mm[1])
+        lung_slices = chosen[where[chosen].any(axis=(1, 2))]
+        for index in range(renderings.dependent_negatives if len(lung_slices) else 0):
+            volume, _ = draw_dependent_density(hu, where, spacing_zyx, rng)
+            names = [f"{case}/dependent-{index}/{k}" for k in lung_slices]
+            parts.append(rendered(volume, lungs, np.zeros_like(infection), lung_slices, names, True))
     return SliceSet.concatenate(parts)

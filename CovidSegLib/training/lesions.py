@@ -17,6 +17,12 @@ drawn in 3D inside the lungs of a real CT without COVID-19:
 
 The mask is where the lesion was drawn at half its full rise or more, inside the lungs: exact by construction.
 The lungs stay lung: the lung mask is unchanged, whatever the density drawn into it.
+
+Hard negatives (:func:`draw_dependent_density`): a supine patient's lung is denser towards the back (gravity,
+dependent atelectasis), by tens of HU up to about a hundred and more. The faintest synthetic ground glass is no
+denser than that, and the anatomy candidates' false infection on CT without COVID-19 lay there (lungmask's slices,
+lung median -727 HU: the posterior bands of both lungs; CTChest: the posterior right lower lobe). So a CT without
+COVID-19 can also be rendered with such a gradient and no infection.
 """
 
 from __future__ import annotations
@@ -117,9 +123,11 @@ def septal_lines(shape: tuple[int, ...], spacing_zyx: tuple[float, float, float]
 
 def draw_lesion(hu: np.ndarray, lungs: np.ndarray, spacing_zyx: tuple[float, float, float],
                 rng: np.random.Generator, extent: str | None = None, texture: str | None = None,
-                consolidation: bool | None = None) -> tuple[np.ndarray, np.ndarray, Lesion]:
+                consolidation: bool | None = None,
+                ggo_hu: tuple[float, float] = GGO_HU) -> tuple[np.ndarray, np.ndarray, Lesion]:
     """A random lesion in the lungs of a canonical HU volume: the new HU (float32), its mask, and its recipe.
-    ``extent``, ``texture`` and ``consolidation`` fix what is otherwise drawn (a probe of diffuse disease)."""
+    ``extent``, ``texture`` and ``consolidation`` fix what is otherwise drawn (a probe of diffuse disease);
+    ``ggo_hu`` is the range ground glass' target density is drawn from."""
     drawn_extent = EXTENTS[rng.integers(len(EXTENTS))]  # always drawn, in this order: seeds keep their lesions
     distribution = DISTRIBUTIONS[rng.integers(len(DISTRIBUTIONS))]
     drawn_consolidation = rng.random() < 0.3
@@ -129,7 +137,7 @@ def draw_lesion(hu: np.ndarray, lungs: np.ndarray, spacing_zyx: tuple[float, flo
         texture = "plain"
     elif texture is None:
         texture = TEXTURES[rng.integers(len(TEXTURES))]
-    low, high = CONSOLIDATION_HU if consolidation else GGO_HU
+    low, high = CONSOLIDATION_HU if consolidation else ggo_hu
     if texture == "reticulation":
         high = -600.0  # lines over faint ground glass
     target = float(rng.uniform(low, high))
@@ -148,6 +156,26 @@ def draw_lesion(hu: np.ndarray, lungs: np.ndarray, spacing_zyx: tuple[float, flo
         out = out + feather * (raised - out)
     fraction = float(mask.sum() / max(lungs.sum(), 1))
     return out, mask, Lesion(extent, distribution, texture, target, fraction)
+
+
+#: The dependent gradient's rise at the back of the lung, in HU (drawn per rendering), and the lung it applies to.
+DEPENDENT_RISE_HU = (40.0, 130.0)
+PARENCHYMA_MAX_HU = -500.0
+
+
+def draw_dependent_density(hu: np.ndarray, lungs: np.ndarray, spacing_zyx: tuple[float, float, float],
+                           rng: np.random.Generator) -> tuple[np.ndarray, float]:
+    """A CT without COVID-19 with its lung parenchyma (below :data:`PARENCHYMA_MAX_HU`) denser towards the back, as
+    a supine patient's is: a rise growing from nothing at the front of the lungs to a random
+    :data:`DEPENDENT_RISE_HU` at the back, modulated by smooth noise (patchy, as dependent atelectasis is). Vessels
+    and airway walls keep their HU. Returns the new HU (float32) and the rise drawn; it is no infection."""
+    rise = float(rng.uniform(*DEPENDENT_RISE_HU))
+    ramp = distribution_weight(lungs, spacing_zyx, "dependent") ** 1.5
+    patches = 1.0 + 0.3 * smooth_noise(hu.shape, sigma_in_voxels(15.0, spacing_zyx), rng)
+    out = hu.astype(np.float32, copy=True)
+    parenchyma = lungs & (out < PARENCHYMA_MAX_HU)
+    out[parenchyma] += (rise * ramp * np.clip(patches, 0.4, 1.6))[parenchyma]
+    return out, rise
 
 
 def lungs_from_hu(hu: np.ndarray, pixel_area_mm2: float) -> np.ndarray:

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 DATA_FIELDS = (
     "corpus", "medseg", "npz_slices", "volumes", "label_map", "healthy_volumes", "input_size", "window", "clip_hu",
     "render_hu_variants", "healthy_thick_slices_mm", "representation", "canvas_pixel_mm", "hu_window",
-    "acquisitions", "synthetic_lesions", "corpus_copies", "seed",
+    "acquisitions", "synthetic_lesions", "corpus_copies", "seed", "lesion_ggo_hu", "dependent_negatives",
 )
 FORMAT = "covidseg-prepared-slices/1"
 
@@ -129,6 +129,8 @@ def read_prepared(config: "TrainConfig") -> tuple[SliceSet, SliceSet, str]:
 
 def read_sources(config: "TrainConfig"):
     """The rendered sources (:data:`.sources.Sources`) in ``config.prepared``."""
+    from .train import TrainConfig
+
     path = Path(config.prepared).expanduser()
     try:
         stored = np.load(path, allow_pickle=False)
@@ -141,9 +143,11 @@ def read_sources(config: "TrainConfig"):
         if header.get("format") != FORMAT:
             raise ValueError(f"{path}: format {header.get('format')!r}, this version reads {FORMAT}")
         expected = data_description(config)
-        differing = sorted(name for name in DATA_FIELDS if header["data"].get(name) != expected[name])
+        # a field the file predates was rendered at its default
+        recorded = {**data_description(TrainConfig(out_dir="")), **header["data"]}
+        differing = sorted(name for name in expected if recorded.get(name) != expected[name])
         if differing:
-            details = "; ".join(f"{name}: file {header['data'].get(name)!r}, configuration {expected[name]!r}"
+            details = "; ".join(f"{name}: file {recorded.get(name)!r}, configuration {expected[name]!r}"
                                 for name in differing)
             raise ValueError(f"{path} was rendered from other data settings than this configuration ({details}); "
                              f"render it again with python -m CovidSegLib.training.prepared")

@@ -106,6 +106,12 @@ class TrainConfig:
     acquisitions: int = 0
     #: anatomy: each CT without COVID-19 also once per count with a random synthetic lesion (training/lesions.py)
     synthetic_lesions: int = 0
+    #: anatomy: the synthetic ground glass' target density range, HU (the faint end decides how faint a density rise
+    #: the model learns to call infection)
+    lesion_ggo_hu: tuple[float, float] = (-750.0, -300.0)
+    #: anatomy: each CT without COVID-19 also once per count with a dependent density gradient and no infection
+    #: (hard negatives: training/lesions.py, draw_dependent_density)
+    dependent_negatives: int = 0
     #: the corpus' training slices this many times in each epoch (augmented apart): its real lesions keep their
     #: share of the steps when synthetic renderings are added
     corpus_copies: int = 1
@@ -121,9 +127,12 @@ class TrainConfig:
             raise ValueError(f"corpus_copies must be 1 or more, not {self.corpus_copies}")
         if self.representation not in ("clahe", "anatomy"):
             raise ValueError(f"representation must be clahe or anatomy, not {self.representation!r}")
-        if self.representation != "anatomy" and (self.acquisitions or self.synthetic_lesions):
-            raise ValueError("acquisitions and synthetic_lesions render HU on the anatomy canvas: set "
-                             "representation to anatomy")
+        if self.representation != "anatomy" and (self.acquisitions or self.synthetic_lesions or
+                                                 self.dependent_negatives):
+            raise ValueError("acquisitions, synthetic_lesions and dependent_negatives render HU on the anatomy "
+                             "canvas: set representation to anatomy")
+        if not -1000.0 < self.lesion_ggo_hu[0] < self.lesion_ggo_hu[1] <= -100.0:
+            raise ValueError(f"lesion_ggo_hu must be a rising range of ground-glass HU, not {self.lesion_ggo_hu}")
         if self.healthy_thick_slices_mm < 0:
             raise ValueError(f"healthy_thick_slices_mm must be 0 (off) or a thickness in mm, not "
                              f"{self.healthy_thick_slices_mm}")
@@ -131,7 +140,7 @@ class TrainConfig:
     @classmethod
     def from_file(cls, path: str | Path) -> "TrainConfig":
         document = json.loads(Path(path).read_text(encoding="utf-8"))
-        for key in ("decoder_channels", "window", "clip_hu", "healthy_volumes", "hu_window"):
+        for key in ("decoder_channels", "window", "clip_hu", "healthy_volumes", "hu_window", "lesion_ggo_hu"):
             if document.get(key) is not None:
                 document[key] = tuple(document[key])
         return cls(**document)
@@ -153,7 +162,8 @@ class TrainConfig:
         """The extra renderings of HU volumes (anatomy representation)."""
         from .canvas_volumes import HuRenderings
 
-        return HuRenderings(self.acquisitions, self.synthetic_lesions, self.seed)
+        return HuRenderings(self.acquisitions, self.synthetic_lesions, self.seed, self.dependent_negatives,
+                            tuple(self.lesion_ggo_hu))
 
     def hu_variants(self) -> tuple[Preprocessing, ...]:
         """Other renderings of HU sources, as augmentation: the radiopaedia half's clip (the corpus mixes both)."""
