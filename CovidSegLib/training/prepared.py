@@ -24,7 +24,7 @@ import hashlib
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
@@ -69,6 +69,7 @@ def _distinct(images: np.ndarray, lungs: np.ndarray, infection: np.ndarray) -> t
 
 
 def _set_arrays(prefix: str, slices: SliceSet) -> dict[str, np.ndarray]:
+    """``slices`` as the file's arrays under ``prefix/``: distinct images once, masks bit-packed along rows."""
     first, position = _distinct(slices.images, slices.lungs, slices.infection)
     shape = slices.lungs.shape
     arrays = {
@@ -87,7 +88,8 @@ def _set_arrays(prefix: str, slices: SliceSet) -> dict[str, np.ndarray]:
     return {f"{prefix}/{name}": value for name, value in arrays.items()}
 
 
-def _read_set(prefix: str, stored) -> SliceSet:
+def _read_set(prefix: str, stored: "np.lib.npyio.NpzFile") -> SliceSet:
+    """The slice set :func:`_set_arrays` stored under ``prefix/``, every slice in its place again."""
     position = stored[f"{prefix}/position"]
     width = int(stored[f"{prefix}/mask_shape"][-1])
 
@@ -101,7 +103,8 @@ def _read_set(prefix: str, stored) -> SliceSet:
 
 
 def write_prepared(config: "TrainConfig", out_path: Path, log=print) -> Path:
-    """Render ``config``'s training and validation sets and write them to ``out_path`` (atomically)."""
+    """Render ``config``'s sources (:func:`.sources.load_sources`) and write them to ``out_path``, atomically: an
+    interrupted render leaves no file a run could mistake for a whole one."""
     from ..io.writing import atomic_output
     from .sources import load_sources
 
@@ -159,7 +162,7 @@ def read_sources(config: "TrainConfig"):
     return parts, corpus_validation
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     from .train import TrainConfig
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
