@@ -61,22 +61,22 @@ def canvas_case_slices(case: str, hu: np.ndarray, spacing_zyx: tuple[float, floa
         acquisition = draw_acquisition(hu.shape, pixel_mm, rng)
         volume, (lung, lesion) = acquire(hu, [lungs, infection], pixel_mm, acquisition, rng)
         parts.append(rendered(volume, lung, lesion, chosen, scan_names, has_infection))
-    if healthy and renderings.lesions:
-        where = lungs if has_lungs else lungs_from_hu(hu, pixel_mm[0] * pixel_mm[1])
-        for index in range(renderings.lesions if where[chosen].any() else 0):
-            volume, lesion, recipe = draw_lesion(hu, where, spacing_zyx, rng, ggo_hu=renderings.ggo_hu)
-            # only the slices the lesion reaches: the others are the scan again, weighing the CT many times over
-            lesion_slices = chosen[lesion[chosen].any(axis=(1, 2))]
-            if not len(lesion_slices):
-                continue
-            names = [f"{case}/lesion-{index}-{recipe.extent}-{recipe.texture}/{k}" for k in lesion_slices]
-            parts.append(rendered(volume, lungs | lesion if has_lungs else lungs, lesion, lesion_slices, names,
-                                  True))
-    if healthy and renderings.dependent_negatives:  # drawn after the lesions: a recipe without them keeps its lesions
-        where = lungs if has_lungs else lungs_from_hu(hu, pixel_mm[0] * pixel_mm[1])
-        lung_slices = chosen[where[chosen].any(axis=(1, 2))]
-        for index in range(renderings.dependent_negatives if len(lung_slices) else 0):
-            volume, _ = draw_dependent_density(hu, where, spacing_zyx, rng)
-            names = [f"{case}/dependent-{index}/{k}" for k in lung_slices]
-            parts.append(rendered(volume, lungs, np.zeros_like(infection), lung_slices, names, True))
+    if not healthy or not (renderings.lesions or renderings.dependent_negatives):
+        return SliceSet.concatenate(parts)
+    # where lesions and hard negatives are drawn: the lung label, or (no label, POPI) the lungs found by HU, once
+    where = lungs if has_lungs else lungs_from_hu(hu, pixel_mm[0] * pixel_mm[1])
+    for index in range(renderings.lesions if where[chosen].any() else 0):
+        volume, lesion, recipe = draw_lesion(hu, where, spacing_zyx, rng, ggo_hu=renderings.ggo_hu)
+        # only the slices the lesion reaches: the others are the scan again, weighing the CT many times over
+        lesion_slices = chosen[lesion[chosen].any(axis=(1, 2))]
+        if not len(lesion_slices):
+            continue
+        names = [f"{case}/lesion-{index}-{recipe.extent}-{recipe.texture}/{k}" for k in lesion_slices]
+        parts.append(rendered(volume, lungs | lesion if has_lungs else lungs, lesion, lesion_slices, names, True))
+    lung_slices = chosen[where[chosen].any(axis=(1, 2))]
+    # drawn after the lesions: a recipe without hard negatives keeps its lesions
+    for index in range(renderings.dependent_negatives if len(lung_slices) else 0):
+        volume, _ = draw_dependent_density(hu, where, spacing_zyx, rng)
+        names = [f"{case}/dependent-{index}/{k}" for k in lung_slices]
+        parts.append(rendered(volume, lungs, np.zeros_like(infection), lung_slices, names, True))
     return SliceSet.concatenate(parts)
