@@ -30,6 +30,17 @@ def slices() -> Path:
     return SLICES
 
 
+@pytest.fixture(scope="session")
+def pairs(volumes: Path, tmp_path_factory) -> Path:
+    """image + label pairs in nnU-Net spelling: the TotalSegmentator example and its lobe labels."""
+    root = tmp_path_factory.mktemp("pairs")
+    (root / "imagesTr").mkdir()
+    (root / "labelsTr").mkdir()
+    (root / "imagesTr" / "totalseg_0000.nii.gz").symlink_to(volumes / "totalseg_example_ct_sm.nii.gz")
+    (root / "labelsTr" / "totalseg.nii.gz").symlink_to(volumes / "totalseg_example_ct_sm_seg.nii.gz")
+    return root
+
+
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run the installed ``covidseg`` console script (falls back to ``python -m CovidSegLib``)."""
     script = shutil.which("covidseg", path=str(Path(sys.executable).parent))

@@ -19,13 +19,8 @@ from CovidSegLib.training.train import TrainConfig  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def config(volumes: Path, slices: Path, tmp_path_factory) -> TrainConfig:
+def config(pairs: Path, slices: Path, tmp_path_factory) -> TrainConfig:
     root = tmp_path_factory.mktemp("prepared")
-    pairs = root / "pairs"
-    (pairs / "imagesTr").mkdir(parents=True)
-    (pairs / "labelsTr").mkdir()
-    (pairs / "imagesTr" / "totalseg_0000.nii.gz").symlink_to(volumes / "totalseg_example_ct_sm.nii.gz")
-    (pairs / "labelsTr" / "totalseg.nii.gz").symlink_to(volumes / "totalseg_example_ct_sm_seg.nii.gz")
     return TrainConfig(out_dir=str(root / "run"), name="tiny-prepared", representation="anatomy",
                        npz_slices=str(slices / "hu_infection"),
                        healthy_volumes=({"path": str(pairs), "label_map": "totalseg-lobes"},), synthetic_lesions=1,

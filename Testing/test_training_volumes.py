@@ -54,17 +54,6 @@ def covid19_ct_seg(volumes: Path, tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def pairs(volumes: Path, tmp_path_factory) -> Path:
-    """image + label pairs in nnU-Net spelling: the TotalSegmentator example and its lobe labels."""
-    root = tmp_path_factory.mktemp("pairs")
-    (root / "imagesTr").mkdir()
-    (root / "labelsTr").mkdir()
-    (root / "imagesTr" / "totalseg_0000.nii.gz").symlink_to(volumes / "totalseg_example_ct_sm.nii.gz")
-    (root / "labelsTr" / "totalseg.nii.gz").symlink_to(volumes / "totalseg_example_ct_sm_seg.nii.gz")
-    return root
-
-
 def test_ct_without_covid_also_trains_as_thick_slices(pairs: Path, volumes: Path) -> None:
     """With a thickness, each slice of a CT without COVID-19 comes once more as a thick reconstruction shows it:
     HU averaged over the slab (3 slices of 3 mm for 9 mm), lungs where the slab is mostly lung; validation keeps
